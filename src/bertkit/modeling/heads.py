@@ -70,6 +70,16 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
+def mlm_logits(head: BertLMPredictionHead, hidden: torch.Tensor, labels: torch.Tensor | None, sparse: bool):
+    """The vocabulary projection dominates an MLM step (V = 30k outputs per token). With `sparse`, it runs only at
+    the ~15% of positions that carry a label: returns ((n_masked, V) logits, (n_masked,) targets). Otherwise
+    ((B, L, V) logits, labels)."""
+    if not sparse or labels is None:
+        return head(hidden), labels
+    keep = labels != IGNORE_INDEX  # (B, L)
+    return head(hidden[keep]), labels[keep]  # (n_masked, H) -> (n_masked, V)
+
+
 class _MLMTied(BertPreTrainedModel):
     tied_weights_keys = {
         "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
@@ -103,15 +113,16 @@ class BertForPreTraining(_MLMTied):
         next_sentence_label: torch.Tensor | None = None,  # (B,) 0 = B follows A, 1 = B is random
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        sparse_mlm: bool = False,  # with labels: run the MLM head only where labels != IGNORE_INDEX
     ) -> PreTrainingOutput:
         out = self.bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
         )
-        prediction_logits = self.cls.predictions(out.last_hidden_state)  # (B, L, V)
+        prediction_logits, mlm_targets = mlm_logits(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
         loss = lm = ns = None
         if labels is not None:
-            lm = mlm_loss(prediction_logits, labels)
+            lm = mlm_loss(prediction_logits, mlm_targets)
             loss = lm
         if next_sentence_label is not None:
             ns = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
@@ -136,12 +147,13 @@ class BertForMaskedLM(_MLMTied):
         labels: torch.Tensor | None = None,  # (B, L), IGNORE_INDEX at unmasked positions
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        sparse_mlm: bool = False,  # with labels: run the MLM head only where labels != IGNORE_INDEX
     ) -> MaskedLMOutput:
         out = self.bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
         )
-        logits = self.cls.predictions(out.last_hidden_state)  # (B, L, V)
-        loss = mlm_loss(logits, labels) if labels is not None else None
+        logits, targets = mlm_logits(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
+        loss = mlm_loss(logits, targets) if labels is not None else None
         return MaskedLMOutput(loss, logits, out.hidden_states, out.attentions)
 
 

@@ -1,0 +1,253 @@
+"""The `bertkit` command line: parse flags, call the library, print. User mistakes end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bertkit.checkpoint import BUNDLED_NAMES, DEFAULT_MODEL
+from bertkit.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _split_model_and_texts(positional: list[str], model_flag: str | None, n_texts: int | None) -> tuple[str, list[str]]:
+    """`bertkit embed [MODEL] TEXT...`: the first word is a model when it names a directory or a bundled model
+    (and, for a fixed number of texts, when there is one word too many)."""
+    if model_flag is not None:
+        return model_flag, positional
+    if positional and (n_texts is None or len(positional) == n_texts + 1):
+        first = positional[0]
+        is_model = first in BUNDLED_NAMES or (Path(first).is_dir() and (Path(first) / "config.json").exists())
+        if is_model and (n_texts is not None or len(positional) > 1):
+            return first, positional[1:]
+        if n_texts is not None and len(positional) == n_texts + 1:
+            raise UserError(f"{first}: not a checkpoint directory (expected MODEL followed by {n_texts} texts)")
+    return DEFAULT_MODEL, positional
+
+
+def _load_encoder(name: str):
+    from bertkit.modeling import BertModel
+    from bertkit.tokenization import BertTokenizer
+
+    return BertModel.from_pretrained(name), BertTokenizer.from_pretrained(name)
+
+
+def cmd_info(args) -> None:
+    from bertkit.checkpoint import resolve_model_dir
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertModel
+
+    directory = resolve_model_dir(args.model)
+    config = BertConfig.from_pretrained(directory)
+    encoder = BertModel(config)  # parameter counts need shapes only, not the weights
+    embeddings = sum(p.numel() for p in encoder.embeddings.parameters())
+    layers = sum(p.numel() for p in encoder.encoder.parameters())
+    report = {
+        "directory": str(directory),
+        "architectures": config.architectures,
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "labels": config.id2label,
+        "parameters": {"embeddings": embeddings, "encoder": layers, "total_encoder_with_pooler": encoder.num_parameters()},
+        "files": sorted(p.name for p in directory.iterdir() if p.is_file()),
+    }
+    print(json.dumps(report, indent=2))
+
+
+def cmd_embed(args) -> None:
+    from bertkit.inference import encode_sentences
+
+    model_name, texts = _split_model_and_texts(args.texts, args.model, None)
+    if not texts:
+        raise UserError("embed: give at least one TEXT")
+    model, tokenizer = _load_encoder(model_name)
+    vectors = encode_sentences(model, tokenizer, texts, batch_size=args.batch_size)
+    for text, v in zip(texts, vectors):
+        print(json.dumps({"text": text, "embedding": [round(x, 6) for x in v.tolist()]}))
+
+
+def cmd_similarity(args) -> None:
+    from bertkit.inference import cosine_similarity, encode_sentences
+
+    model_name, texts = _split_model_and_texts(args.texts, args.model, 2)
+    if len(texts) != 2:
+        raise UserError(f"similarity: expected [MODEL] TEXT_A TEXT_B, got {len(args.texts)} arguments")
+    model, tokenizer = _load_encoder(model_name)
+    a, b = encode_sentences(model, tokenizer, texts)
+    print(json.dumps({"text_a": texts[0], "text_b": texts[1], "cosine": round(cosine_similarity(a, b), 6)}))
+
+
+def cmd_tokenizer_train(args) -> None:
+    from bertkit.data.text import list_files, read_paragraphs
+    from bertkit.tokenization import BertTokenizer
+
+    files = list_files(args.input)
+    paragraphs = 0
+
+    def texts():  # streamed: paragraphs (wrapped lines joined), validated as UTF-8 text file by file
+        nonlocal paragraphs
+        for f in files:
+            for paragraph in read_paragraphs(f, errors=args.utf8_errors):
+                paragraphs += 1
+                yield paragraph
+
+    tokenizer = BertTokenizer.train(
+        texts=texts(), vocab_size=args.vocab_size, do_lower_case=not args.cased, min_frequency=args.min_frequency,
+        # Every character may enter the vocabulary: Chinese needs thousands, a cap of 1000 turns the rest into [UNK].
+        limit_alphabet=args.vocab_size,
+    )
+    if paragraphs == 0:
+        raise UserError(f"--input {' '.join(args.input)}: no text to train on")
+    tokenizer.save_pretrained(args.out)
+    print(json.dumps({"out": str(args.out), "vocab_size": len(tokenizer), "files": len(files), "paragraphs": paragraphs}))
+
+
+def cmd_pretrain(args) -> None:
+    from bertkit.pretrain import PretrainArgs, run_pretraining
+    from bertkit.training import TrainingArgs
+
+    if args.max_steps is None and args.max_time is None:
+        raise UserError("pretrain: give --max-steps, --max-time or both")
+    training = TrainingArgs(
+        out_dir=args.out,
+        max_steps=args.max_steps or 10**9,
+        max_time=args.max_time,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        save_every=args.save_every,
+        keep_last=args.keep_last,
+        eval_every=args.eval_every,
+        log_every=args.log_every,
+        precision=args.precision,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    result = run_pretraining(
+        PretrainArgs(
+            inputs=args.input,
+            tokenizer=args.tokenizer,
+            config=args.config,
+            out_dir=args.out,
+            training=training,
+            seq_len=args.seq_len,
+            pair_task="sop" if args.sop else "none" if args.no_nsp else "nsp",
+            wwm=args.wwm,
+            heldout=args.heldout,
+            cache_dir=args.cache_dir,
+            resume=args.resume,
+            utf8_errors=args.utf8_errors,
+        )
+    )
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: result[k] for k in ("step", "stop_reason", "eval", "skipped_steps", "elapsed")}))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bertkit", description="BERT end to end: tokenize, pretrain, fine-tune, evaluate, predict.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log loading details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("info", help="show a checkpoint's configuration and parameter counts")
+    s.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"directory or name (default {DEFAULT_MODEL})")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("embed", help="mean-pooled, normalised sentence embeddings as JSON lines")
+    s.add_argument("texts", nargs="*", metavar="[MODEL] TEXT")
+    s.add_argument("-m", "--model", help=f"directory or name (default {DEFAULT_MODEL})")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("similarity", help="cosine similarity of two texts' embeddings")
+    s.add_argument("texts", nargs="+", metavar="[MODEL] TEXT_A TEXT_B")
+    s.add_argument("-m", "--model", help=f"directory or name (default {DEFAULT_MODEL})")
+    s.set_defaults(func=cmd_similarity)
+
+    s = sub.add_parser("tokenizer", help="tokenizer tools")
+    tsub = s.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
+    t = tsub.add_parser("train", help="train a WordPiece vocabulary on text files or folders")
+    t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="text files or folders (UTF-8)")
+    t.add_argument("--vocab-size", type=_positive_int, default=30522)
+    t.add_argument("--out", type=Path, required=True, metavar="DIR")
+    t.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip accents)")
+    t.add_argument("--min-frequency", type=_positive_int, default=2)
+    t.add_argument("--utf8-errors", choices=["strict", "replace"], default="strict",
+                   help="replace: drop bytes that are not UTF-8 (warned) instead of stopping")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    s = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) on raw text")
+    s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="text files or folders (UTF-8)")
+    s.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory or model name")
+    s.add_argument("--config", required=True, metavar="PRESET|FILE", help="tiny|mini|small|medium|base|large or a config.json")
+    s.add_argument("--out", type=Path, required=True, metavar="DIR")
+    s.add_argument("--max-steps", type=_positive_int)
+    s.add_argument("--max-time", type=float, metavar="SECONDS", help="wall-clock budget (across resumes)")
+    s.add_argument("--batch-size", type=_positive_int, default=32, help="per process")
+    s.add_argument("--grad-accum", type=_positive_int, default=1)
+    s.add_argument("--seq-len", type=_positive_int, default=128)
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--warmup", type=float, default=0.06, help="< 1: fraction of the steps; >= 1: steps")
+    s.add_argument("--weight-decay", type=float, default=0.01)
+    s.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save-every", type=int, default=500, metavar="STEPS")
+    s.add_argument("--keep-last", type=int, default=2, metavar="K")
+    s.add_argument("--eval-every", type=int, default=500, metavar="STEPS")
+    s.add_argument("--log-every", type=_positive_int, default=10, metavar="STEPS")
+    s.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                   help="continue from the latest checkpoint under --out (or from CKPT)")
+    s.add_argument("--wwm", action="store_true", help="whole-word masking")
+    pair = s.add_mutually_exclusive_group()
+    pair.add_argument("--no-nsp", action="store_true", help="MLM only")
+    pair.add_argument("--sop", action="store_true", help="sentence-order prediction instead of NSP")
+    s.add_argument("--heldout", type=float, default=0.05, help="share of documents held out for evaluation")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    s.add_argument("--workers", type=int, default=0, help="DataLoader workers for masking and padding")
+    s.add_argument("--utf8-errors", choices=["strict", "replace"], default="strict",
+                   help="replace: drop bytes that are not UTF-8 (warned) instead of stopping")
+    s.add_argument("--cache-dir", help="tokenized-data cache (default $BERTKIT_CACHE_DIR or ~/.cache/bertkit)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_pretrain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="bertkit: %(message)s")
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bertkit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
