@@ -32,6 +32,8 @@ from bertkit.data.text import DataError, Document, list_files, read_document, re
 
 DATA = Path(os.environ.get("BERTKIT_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 STATE_UNION = sorted((DATA / "pretrain" / "en" / "state_union").glob("194*.txt"))  # 5 speeches, ~270 KB
+# Tests on the real corpora skip where the shared data folder is absent (a clone without ../shared).
+needs_data = pytest.mark.skipif(not (DATA / "pretrain").is_dir(), reason=f"no corpora at {DATA}: set BERTKIT_DATA_DIR")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -117,6 +119,7 @@ def test_read_paragraphs_joins_wrapped_lines(tmp_path):
     assert list(read_paragraphs(speech)) == ["Mr. Speaker:", long_line, "Short."]
 
 
+@needs_data
 def test_real_corpora_read_as_documents():
     emma = read_document(DATA / "pretrain" / "en" / "gutenberg" / "austen-emma.txt")
     assert emma.sentences[:3] == ["[Emma by Jane Austen 1816]", "VOLUME I", "CHAPTER I"]
@@ -173,6 +176,7 @@ def test_word_starts_english_are_not_continuation_pieces(en_tokenizer):
     assert doc.word_start.tolist() == [True, True, True, False, False, True]
 
 
+@needs_data
 def test_word_starts_chinese_follow_jieba(zh_tokenizer):
     # jieba cuts 我爱北京天安门 into 我 / 爱 / 北京 / 天安门 (checked by hand with jieba.lcut).
     encoding = plain_tokenizer(zh_tokenizer).encode("我爱北京天安门", add_special_tokens=False)
@@ -314,6 +318,7 @@ def test_documents_stream_through_a_bounded_buffer():
 # --- the cache and the dataset --------------------------------------------------------------------
 
 
+@needs_data
 def test_built_instances_have_exact_layout(tmp_path, en_tokenizer):
     settings = PretrainingSettings(max_seq_len=64)
     dataset = build_or_load(STATE_UNION, en_tokenizer, tmp_path, settings, workers=1)
@@ -335,6 +340,7 @@ def test_built_instances_have_exact_layout(tmp_path, en_tokenizer):
     assert first.startswith("president harry s. truman ' s address before a joint session of the congress")
 
 
+@needs_data
 def test_cache_is_reused_and_rebuilt_when_anything_changes(tmp_path, monkeypatch, en_tokenizer):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -364,6 +370,7 @@ def test_cache_is_reused_and_rebuilt_when_anything_changes(tmp_path, monkeypatch
     )  # no temporary folders left behind
 
 
+@needs_data
 def test_build_is_deterministic_and_parallel_build_is_identical(tmp_path, en_tokenizer):
     settings = PretrainingSettings(max_seq_len=64)
     one = build_or_load(STATE_UNION[:4], en_tokenizer, tmp_path / "one", settings, workers=1)
@@ -378,6 +385,7 @@ def test_build_is_deterministic_and_parallel_build_is_identical(tmp_path, en_tok
     assert not np.array_equal(shard(reseeded, "input_ids"), shard(one, "input_ids"))
 
 
+@needs_data
 def test_split_heldout_keeps_documents_apart(tmp_path, en_tokenizer):
     dataset = build_or_load(STATE_UNION, en_tokenizer, tmp_path, PretrainingSettings(max_seq_len=64), workers=1)
     train, heldout = dataset.split_heldout(2, seed=0)
@@ -397,6 +405,7 @@ def test_split_heldout_keeps_documents_apart(tmp_path, en_tokenizer):
     assert np.array_equal(pickle.loads(pickled)[3]["input_ids"], train[3]["input_ids"])
 
 
+@needs_data
 def test_chinese_build_stores_jieba_word_starts(tmp_path, zh_tokenizer):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -420,6 +429,7 @@ def test_chinese_build_stores_jieba_word_starts(tmp_path, zh_tokenizer):
     assert np.mean(np.concatenate([item["word_start"] for item in novel])) < 0.85
 
 
+@needs_data
 def test_dataset_is_a_torch_dataset(tmp_path, en_tokenizer):
     import torch
 
