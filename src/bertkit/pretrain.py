@@ -32,7 +32,7 @@ class PretrainArgs:
     mlm_probability: float = 0.15
     max_predictions: int = 20  # masks per sequence at most (BERT: 20 at 128, 80 at 512)
     heldout: float = 0.05  # share of documents held out for evaluation (at least one when there are two)
-    eval_instances: int = 2000  # evaluation uses at most this many held-out instances
+    eval_instances: int = 1000  # evaluation uses at most this many held-out instances
     cache_dir: str | None = None
     resume: str | None = None  # "auto" (latest under out_dir) or a checkpoint path
     data_workers: int | None = None

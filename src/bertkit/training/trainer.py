@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -64,11 +65,32 @@ class Objective(Protocol):
     def report(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]: ...
 
 
-class _MicroBatches(Dataset):
-    """Micro-batch m of the run: epoch m // per_epoch, a slice of that epoch's seeded permutation for this rank."""
+def epoch_order(n: int, seed: int, epoch: int, global_batch: int, lengths: list[int] | None = None) -> torch.Tensor:
+    """The order of the examples in an epoch: a seeded permutation. With `lengths`, examples of similar length are
+    grouped (sorted within windows of 64 global batches), and the batches are then shuffled, so batches carry little
+    padding while their order stays random."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if lengths is None:
+        return perm
+    window = 64 * global_batch
+    chunks = []
+    for start in range(0, n, window):
+        chunk = perm[start : start + window]
+        chunks.append(chunk[torch.argsort(torch.as_tensor([lengths[i] for i in chunk.tolist()]), stable=True)])
+    grouped = torch.cat(chunks)
+    full = n // global_batch * global_batch  # a last partial batch is dropped by the caller anyway
+    batches = grouped[:full].view(-1, global_batch)
+    return torch.cat([batches[torch.randperm(len(batches), generator=g)].reshape(-1), grouped[full:]])
 
-    def __init__(self, data: Dataset, collate: Callable, batch_size: int, dist: DistInfo, seed: int):
+
+class _MicroBatches(Dataset):
+    """Micro-batch m of the run: epoch m // per_epoch, a slice of that epoch's seeded order for this rank."""
+
+    def __init__(self, data: Dataset, collate: Callable, batch_size: int, dist: DistInfo, seed: int,
+                 lengths: list[int] | None = None):
         self.data, self.collate, self.batch_size, self.dist, self.seed = data, collate, batch_size, dist, seed
+        self.lengths = lengths
         self.global_batch = batch_size * dist.world_size
         self.per_epoch = len(data) // self.global_batch
         if self.per_epoch == 0:
@@ -87,8 +109,8 @@ class _MicroBatches(Dataset):
     def __getitem__(self, m: int) -> dict:
         epoch, k = divmod(m, self.per_epoch)
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.data), generator=g), epoch
+            self._perm = epoch_order(len(self.data), self.seed, epoch, self.global_batch, self.lengths)
+            self._perm_epoch = epoch
         start = k * self.global_batch + self.dist.rank * self.batch_size
         idx = self._perm[start : start + self.batch_size].tolist()
         return self.collate([self.data[i] for i in idx], idx, epoch)
@@ -115,14 +137,16 @@ class Trainer:
         evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         save_extra: Callable[[Path], None] | None = None,
         best_metric: str | None = None,
+        lengths: list[int] | None = None,
     ):
         """`collate(items, indices, epoch)` builds a batch; `evaluate(model)` returns metrics (rank 0 only);
-        `save_extra(dir)` writes companions of the weights (the tokenizer); `best_metric` keeps the best model in
-        out_dir/best by that evaluation metric (higher is better)."""
+        `save_extra(dir)` writes companions of the weights (the tokenizer); with `best_metric`, out_dir holds the
+        model with the best value of that evaluation metric (higher is better), else the last one; `lengths` (one per
+        training example) groups examples of similar length into batches."""
         self.args, self.dist, self.device = args, dist, device
         self.objective, self.evaluate, self.save_extra, self.best_metric = objective, evaluate, save_extra, best_metric
         self.model = model.to(device)
-        self.batches = _MicroBatches(train_data, collate, args.batch_size, dist, args.seed)
+        self.batches = _MicroBatches(train_data, collate, args.batch_size, dist, args.seed, lengths)
         if args.epochs is not None:
             args.max_steps = max(1, math.ceil(args.epochs * self.batches.per_epoch / args.grad_accum))
         self.optimizer = make_optimizer(self.model, args.optimizer, args.lr, args.weight_decay)
@@ -134,7 +158,9 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.state = {"step": 0, "elapsed": 0.0, "skipped_steps": 0, "examples": 0, "tokens": 0, "best": None}
+        # elapsed: wall time of the run (the --max-time budget); train_time: forward/backward/update only.
+        self.state = {"step": 0, "elapsed": 0.0, "train_time": 0.0, "skipped_steps": 0, "examples": 0, "tokens": 0,
+                      "best": None}
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
 
@@ -216,7 +242,7 @@ class Trainer:
                 best = self.state.get("best")
                 if best is None or metrics[self.best_metric] > best["value"]:
                     self.state["best"] = {"step": self.state["step"], "value": metrics[self.best_metric]}
-                    self._export(self.args.out_dir / "best")
+                    self._export(self.args.out_dir)
         barrier()
         return metrics
 
@@ -250,8 +276,10 @@ class Trainer:
         it = iter(loader)
         stop_reason = "max_steps"
         while self.state["step"] < args.max_steps:
+            t_step = time.perf_counter()
             micro = [next(it) for _ in range(args.grad_accum)]
             metrics, applied = self._step(micro)
+            self.state["train_time"] += time.perf_counter() - t_step
             step = self.state["step"] = self.state["step"] + 1
             self.state["examples"] += args.batch_size * dist.world_size * args.grad_accum
             self.state["tokens"] += int(all_reduce_sum([sum(int(b["attention_mask"].sum()) for b in micro)],
@@ -275,7 +303,7 @@ class Trainer:
             if dist.is_main and (step % args.log_every == 0 or step == args.max_steps) and window:
                 logged = {k: sum(v) / len(v) for k, v in window.items()}
                 logged.update(lr=self.scheduler.get_last_lr()[0], epoch=self.batches.epoch_of(step * args.grad_accum - 1),
-                              tokens_per_s=self.state["tokens"] / max(self.state["elapsed"], 1e-9),
+                              tokens_per_s=self.state["tokens"] / max(self.state["train_time"], 1e-9),
                               skipped_steps=self.state["skipped_steps"], time=round(self.state["elapsed"], 2))
                 logbook.log(step, "train", logged)
                 bar.set_postfix({k: f"{logged[k]:.3g}" for k in list(window)[:3]})
@@ -293,11 +321,13 @@ class Trainer:
         final_eval = self._run_eval(logbook)
         self.save()
         if dist.is_main:
-            self._export(args.out_dir)
+            if self.best_metric is None or self.state.get("best") is None:
+                self._export(args.out_dir)
             logbook.close()
             plot_metrics(logbook.path, args.out_dir / "training_curves.png")
         barrier()
-        return {"step": self.state["step"], "stop_reason": stop_reason, "eval": final_eval, **self.state}
+        peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return {"stop_reason": stop_reason, "eval": final_eval, "peak_rss_mib": round(peak_rss_mib, 1), **self.state}
 
 
 def _fmt(metrics: dict[str, float]) -> str:
