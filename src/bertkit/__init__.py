@@ -23,6 +23,10 @@ def __getattr__(name: str):
         from bertkit.tokenization import BertTokenizer
 
         return BertTokenizer
+    if name == "pipeline":
+        from bertkit.inference.pipeline import pipeline
+
+        return pipeline
     raise AttributeError(f"module 'bertkit' has no attribute {name!r}")
 
 
@@ -30,6 +34,7 @@ __all__ = [
     "BertConfig",
     "BertTokenizer",
     "UserError",
+    "pipeline",
     "BertModel",
     "BertPreTrainedModel",
     "BertForPreTraining",

@@ -1,0 +1,65 @@
+"""What every task shares: tokenized features, padding a batch of them, and running a model over them by length."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from bertkit.inference.batching import length_sorted_batches
+
+def pad_batch(rows: Sequence[dict], token_labels: bool = False, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Rows of python lists/numbers -> tensors padded to the longest row, with an attention_mask.
+
+    `labels` are per token when `token_labels` (padded with -100), else one value or vector per row;
+    `start_positions`/`end_positions` are one index per row."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    types = torch.zeros((len(rows), longest), dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"])
+        types[i, :n] = torch.as_tensor(r["token_type_ids"])
+        mask[i, :n] = 1
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if "labels" in rows[0] and token_labels:
+        labels = torch.full((len(rows), longest), -100, dtype=torch.long)  # (B, L)
+        for i, r in enumerate(rows):
+            labels[i, : len(r["labels"])] = torch.as_tensor(r["labels"])
+        batch["labels"] = labels
+    elif "labels" in rows[0]:
+        batch["labels"] = torch.as_tensor([r["labels"] for r in rows])  # (B,) ids or floats, (B, C) multi-hot
+    for key in ("start_positions", "end_positions"):
+        if key in rows[0]:
+            batch[key] = torch.as_tensor([r[key] for r in rows])
+    return batch
+
+
+@torch.inference_mode()
+def run_model(
+    model,
+    features: Sequence[dict],
+    collate: Callable[[Sequence[dict]], dict],
+    batch_size: int = 64,
+    max_tokens: int | None = 16384,
+    outputs: Callable = lambda out: out.logits,
+    per_token: bool = False,
+) -> list:
+    """Run `model` over `features` batched by length (little padding); returns per-feature outputs in input order.
+
+    `outputs(model_output)` picks what to keep: a (B, ...) tensor or a tuple of them. With `per_token` each is
+    (B, L, ...) and a row comes back trimmed to its own length."""
+    model.eval()
+    results: list = [None] * len(features)
+    lengths = [len(f["input_ids"]) for f in features]
+    device = next(model.parameters()).device
+    for idx in length_sorted_batches(lengths, batch_size, max_tokens):
+        batch = collate([features[i] for i in idx])
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}
+        picked = outputs(model(**inputs))
+        picked = picked if isinstance(picked, tuple) else (picked,)
+        for row, i in enumerate(idx):
+            parts = [(p[row, : lengths[i]] if per_token else p[row]).float().cpu() for p in picked]
+            results[i] = parts[0] if len(parts) == 1 else tuple(parts)
+    return results

@@ -1,0 +1,148 @@
+"""`bertkit finetune / evaluate / predict` end to end for each task family on a tiny model, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bertkit
+from bertkit import BertConfig
+
+DATA = Path(os.environ.get("BERTKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def run(*args, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}: {r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with the bert-base-uncased vocabulary: fine-tuning runs in seconds."""
+    out = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=512)
+    bertkit.BertModel(config).save_pretrained(out)
+    bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(out)
+    return out
+
+
+def common(model, out, *extra):
+    return ["finetune", "--model", model, "--out", out, "--batch-size", 8, "--lr", 1e-3, "--no-progress", *extra]
+
+
+def test_text_classification_files_predict_and_evaluate(tiny_model, tmp_path):
+    train = tmp_path / "train.tsv"
+    rows = ["text\tlabel"] + [f"a great and wonderful film {i}\tpos" for i in range(24)] + \
+           [f"a dull and boring film {i}\tneg" for i in range(24)]
+    train.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "clf"
+    r = run(*common(tiny_model, out, "--task", "text-classification", "--train", train, "--dev", train,
+                    "--epochs", 10))
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result["main_metric"] == "accuracy" and result["eval"]["accuracy"] == 100.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"} and config["architectures"] == ["BertForSequenceClassification"]
+    lines = run("predict", "--model", out, "a wonderful film", "a boring film").stdout.splitlines()
+    assert [json.loads(x)["label"] for x in lines] == ["pos", "neg"]
+    metrics = json.loads(run("evaluate", "--model", out, "--data", train).stdout.splitlines()[-1])
+    assert metrics["accuracy"] == 100.0 and set(metrics) == {"accuracy", "f1", "mcc"}
+    # the Python pipeline gives the same answers
+    assert bertkit.pipeline("text-classification", model=str(out))("a boring film")["label"] == "neg"
+
+
+def test_regression_on_float_scores(tiny_model, tmp_path):
+    train = tmp_path / "scores.jsonl"
+    train.write_text("\n".join(json.dumps({"text": f"pair {i}", "text_pair": f"other {i}", "label": i % 5 + 0.5})
+                               for i in range(32)) + "\n")
+    r = run(*common(tiny_model, tmp_path / "reg", "--task", "text-classification", "--train", train, "--dev", train,
+                    "--max-steps", 4))
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result["main_metric"] == "spearman" and set(result["eval"]) == {"pearson", "spearman"}
+
+
+@pytest.mark.skipif(not (DATA / "conll2003").is_dir(), reason="no shared data")
+def test_token_classification_on_real_conll(tiny_model, tmp_path):
+    out = tmp_path / "ner"
+    r = run(*common(tiny_model, out, "--dataset", "conll2003", "--max-train-examples", 64, "--max-eval-examples", 32,
+                    "--max-steps", 6))
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result["main_metric"] == "f1" and {"precision", "recall", "f1"} <= set(result["eval"])
+    pred = json.loads(run("predict", "--model", out, "Peter Blackburn lives in Brussels.").stdout)
+    assert isinstance(pred["entities"], list)
+    for e in pred["entities"]:
+        assert "Peter Blackburn lives in Brussels."[e["start"]:e["end"]] == e["text"]
+
+
+@pytest.mark.skipif(not (DATA / "squad").is_dir(), reason="no shared data")
+def test_question_answering_on_real_squad(tiny_model, tmp_path):
+    out = tmp_path / "qa"
+    r = run(*common(tiny_model, out, "--dataset", "squad", "--max-train-examples", 32, "--max-eval-examples", 16,
+                    "--max-steps", 4, "--seq-len", 192, "--doc-stride", 64))
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert set(result["eval"]) == {"exact_match", "f1"}
+    q = tmp_path / "q.jsonl"
+    context = "Hamlet is a tragedy written by William Shakespeare between 1599 and 1601."
+    q.write_text(json.dumps({"question": "Who wrote Hamlet?", "context": context}) + "\n")
+    pred = json.loads(run("predict", "--model", out, "--input", q).stdout)
+    assert context[pred["start"]:pred["end"]] == pred["answer"] and 0 <= pred["score"] <= 1
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.tsv", "text\tlabel\nfine\tpos\ntoo\tmany\tcolumns\n", "bad.tsv:3"),
+        ("empty.tsv", "", "empty.tsv"),
+        ("latin1.tsv", "text\tlabel\ncaf\xe9\tpos\n", "latin1.tsv:2"),
+    ],
+)
+def test_bad_training_files_are_one_line_exit_2(tiny_model, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content.encode("latin-1"))
+    r = run(*common(tiny_model, tmp_path / "out", "--task", "text-classification", "--train", path, "--max-steps", 1),
+            check=False)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_skip_bad_rows_counts_and_unknown_dev_label(tiny_model, tmp_path):
+    train = tmp_path / "train.tsv"
+    good = "text\tlabel\n" + "".join(f"row {i}\t{'a' if i % 2 else 'b'}\n" for i in range(16))
+    train.write_text(good + "broken\trow\textra\n")
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("text\tlabel\nfine\ta\nodd\tc\n")
+    args = common(tiny_model, tmp_path / "out", "--task", "text-classification", "--train", train, "--max-steps", 1)
+    r = run(*args, check=False)
+    assert r.returncode == 2 and "train.tsv:18: expected 2 columns, got 3" in r.stderr
+    r = run(*args, "--skip-bad-rows")
+    assert "skipped 1 bad rows" in r.stderr
+    train.write_text(good)
+    r = run(*args, "--dev", dev, check=False)
+    assert r.returncode == 2 and "dev.tsv:3: unknown label 'c'" in r.stderr, r.stderr
+    r = run(*args, "--dev", dev, "--skip-bad-rows")
+    assert "skipped 1 rows with a bad label" in r.stderr
+
+
+def test_answer_not_in_context_names_the_question(tiny_model, tmp_path):
+    squad = {"data": [{"title": "t", "paragraphs": [{"context": "Paris is in France.", "qas": [
+        {"id": "q1", "question": "Where is Paris?", "answers": [{"text": "Germany", "answer_start": 12}]}]}]}]}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(squad))
+    r = run(*common(tiny_model, tmp_path / "out", "--task", "question-answering", "--train", path, "--max-steps", 1),
+            check=False)
+    assert r.returncode == 2 and "q1" in r.stderr and "bad.json" in r.stderr, r.stderr
+
+
+def test_evaluate_rejects_a_model_of_another_task(tiny_model, tmp_path):
+    r = run("evaluate", "--model", tiny_model, "--dataset", "sst2", check=False)
+    assert r.returncode == 2 and "not a fine-tuned task model" in r.stderr
