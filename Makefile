@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/bertkit similarity "A man is playing a guitar." "Someone plays the guitar on stage."
+	$(VENV)/bin/bertkit demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -22,10 +22,10 @@ def run_demo(out_dir: Path, minutes: float = 8.0, data_dir: str | None = None) -
     from bertkit.inference.pipeline import pipeline
     from bertkit.training import TrainingArgs
 
-    # On 2 CPU cores MiniLM trains ~2,500 SST-2 examples a minute: plan the schedule to end near the budget,
-    # and let --max-time stop it there if this machine is slower.
+    # On 2 CPU cores MiniLM trains ~4,500 SST-2 examples a minute (measured: 625 steps of 32 in 4.2 min): plan the
+    # schedule to end near the budget, and let --max-time stop it there if this machine is slower.
     batch_size = 32
-    steps = max(50, int(minutes * 2500 / batch_size))
+    steps = max(50, int(minutes * 4500 / batch_size))
     print(f"bertkit demo: fine-tuning {DEFAULT_MODEL} on SST-2 for up to {minutes:g} minutes ({steps} steps of "
           f"{batch_size}), then evaluating on SST-2 dev (872 sentences)", flush=True)
     t0 = time.perf_counter()

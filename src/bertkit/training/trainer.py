@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -269,7 +270,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=args.max_steps, initial=start_step, disable=not (args.progress and dist.is_main),
-                   dynamic_ncols=True, unit="step")
+                   dynamic_ncols=True, unit="step",
+                   mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s, not each step
         self.model.train()
         t0, elapsed0, bad_in_row = time.perf_counter(), self.state["elapsed"], 0
         window: dict[str, list] = {}
