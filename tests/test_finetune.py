@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clihelp import DATA, run_cli as run
 import torch
 
 import bertkit
 from bertkit import BertConfig
 
-DATA = Path(os.environ.get("BERTKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def run(*args, check=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True, env=env,
-                       timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-3000:]}")
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 import torch
@@ -225,3 +224,19 @@ def test_init_follows_bert():
     assert model.bert.embeddings.word_embeddings.weight[0].abs().max() == 0  # padding row
     assert model.bert.encoder.layer[0].output.LayerNorm.weight.eq(1).all()
     assert model.cls.predictions.bias.abs().max() == 0
+
+
+@pytest.mark.parametrize("head", ["BertForPreTraining", "BertForMaskedLM"])
+def test_sparse_mlm_head_gives_the_dense_loss(head):
+    torch.manual_seed(0)
+    model = getattr(bertkit, head)(BertConfig(**{k: v for k, v in tiny_config().items() if k != "num_labels"}))
+    inputs = make_inputs(4, 12, 99)
+    labels = _mlm_labels(4, 12, 99)
+    dense = model(**inputs, labels=labels)
+    sparse = model(**inputs, labels=labels, sparse_mlm=True)
+    assert abs(dense.loss.item() - sparse.loss.item()) <= 1e-6
+    logits = dense.prediction_logits if head == "BertForPreTraining" else dense.logits
+    sparse_logits = sparse.prediction_logits if head == "BertForPreTraining" else sparse.logits
+    keep = labels != -100
+    assert sparse_logits.shape == (int(keep.sum()), 99)  # only the masked positions were projected
+    torch.testing.assert_close(sparse_logits, logits[keep], rtol=0, atol=1e-6)

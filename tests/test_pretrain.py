@@ -13,20 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from clihelp import DATA, ENV, run_cli as run
 import torch
 
-DATA = Path(os.environ.get("BERTKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CORPUS = DATA / "pretrain" / "en" / "state_union"
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"no corpus at {CORPUS} (set BERTKIT_DATA_DIR)")
-
-
-def run(*args, env_extra=None, check=True, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    r = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True, env=env,
-                       timeout=600, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-3000:]}")
-    return r
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +75,8 @@ def test_sigkill_and_resume_is_bit_identical(corpus, tokenizer_dir, tmp_path):
     whole = tmp_path / "whole"
     run(*pretrain_args(corpus, tokenizer_dir, whole, cache))
     broken = tmp_path / "broken"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bertkit", *map(str, pretrain_args(corpus, tokenizer_dir, broken,
-                                                                                         cache))], env=env,
+                                                                                         cache))], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (broken / "checkpoints" / "step-00000004").exists():  # wait for a checkpoint, then kill at a random moment
@@ -110,7 +100,7 @@ def test_two_processes_match_one_with_double_batch(corpus, tokenizer_dir, config
     two = tmp_path / "two"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000), "-m", "bertkit"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([*torchrun, *map(str, pretrain_args(corpus, tokenizer_dir, two, cache, config=config_file,
                                                            steps=4))], capture_output=True, text=True, env=env,
                        timeout=600)

@@ -12,6 +12,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.modeling.outputs import BaseModelOutput
+from bertkit.modeling.padding import Packing, pad, unpad
 from bertkit.modeling.pretrained import BertPreTrainedModel
 
 ACT2FN = {
@@ -81,16 +82,21 @@ class BertSelfAttention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,  # (B, L, H)
-        mask: torch.Tensor | None,  # (B, 1, 1, L) bool, True = attend; None = no padding
+        x: torch.Tensor,  # (B, L, H), or (T, H) packed tokens when `mask` is a Packing
+        mask: torch.Tensor | Packing | None,  # (B, 1, 1, L) bool, True = attend; None = no padding
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, L, H = x.shape
+        packing = mask if isinstance(mask, Packing) else None
+        q, k, v = self.query(x), self.key(x), self.value(x)  # the projections run on real tokens only when packed
+        if packing is not None:
+            # Attention itself runs re-padded: (T, H) -> (B, L, H), one SDPA call with the padding mask.
+            q, k, v, mask = pad(q, packing), pad(k, packing), pad(v, packing), packing.mask
+        B, L, H = q.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        q, k, v = heads(q), heads(k), heads(v)
         dropout_p = self.dropout_p if self.training else 0.0
         if output_attentions:
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, L, L)
@@ -102,6 +108,8 @@ class BertSelfAttention(nn.Module):
             probs = None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, L, H)  # (B, L, H)
+        if packing is not None:
+            y = y.reshape(B * L, H)[packing.indices]  # (T, H)
         return y, probs
 
 
@@ -213,6 +221,8 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        # Remove padding after the embeddings so dense layers, LayerNorm and GELU skip it (off: transformers' path).
+        self.unpadded = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -231,7 +241,14 @@ class BertModel(BertPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, L, H)
-        x, hidden, attn = self.encoder(x, padding_mask(attention_mask), output_hidden_states, output_attentions)
+        mask = padding_mask(attention_mask)
+        if self.unpadded and mask is not None and not output_attentions:
+            tokens, packing = unpad(x, attention_mask)  # (T, H)
+            tokens, hidden, attn = self.encoder(tokens, packing, output_hidden_states)
+            x = pad(tokens, packing)  # (B, L, H), zeros at padded positions
+            hidden = [pad(h, packing) for h in hidden] if hidden is not None else None
+        else:
+            x, hidden, attn = self.encoder(x, mask, output_hidden_states, output_attentions)
         return BaseModelOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x) if self.pooler is not None else None,
