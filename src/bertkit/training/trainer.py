@@ -92,13 +92,13 @@ class _MicroBatches(Dataset):
                  lengths: list[int] | None = None):
         self.data, self.collate, self.batch_size, self.dist, self.seed = data, collate, batch_size, dist, seed
         self.lengths = lengths
+        if len(data) < dist.world_size:
+            raise UserError(f"the training data has {len(data)} examples, fewer than the {dist.world_size} processes")
+        if len(data) < batch_size * dist.world_size:
+            self.batch_size = batch_size = len(data) // dist.world_size
+            logger.warning("only %d training examples: batch size lowered to %d", len(data), batch_size)
         self.global_batch = batch_size * dist.world_size
         self.per_epoch = len(data) // self.global_batch
-        if self.per_epoch == 0:
-            raise UserError(
-                f"the training data has {len(data)} examples, fewer than one global batch of {self.global_batch} "
-                "(--batch-size x processes)"
-            )
         self._perm_epoch, self._perm = -1, None
 
     def epoch_of(self, m: int) -> int:
@@ -283,7 +283,7 @@ class Trainer:
             metrics, applied = self._step(micro)
             self.state["train_time"] += time.perf_counter() - t_step
             step = self.state["step"] = self.state["step"] + 1
-            self.state["examples"] += args.batch_size * dist.world_size * args.grad_accum
+            self.state["examples"] += self.batches.global_batch * args.grad_accum
             self.state["tokens"] += int(all_reduce_sum([sum(int(b["attention_mask"].sum()) for b in micro)],
                                                        self.device)[0])
             self.state["elapsed"] = elapsed0 + time.perf_counter() - t0
