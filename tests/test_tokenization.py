@@ -347,3 +347,12 @@ def test_missing_vocab_names_the_directory(tmp_path):
     message = str(err.value)
     assert str(tmp_path) in message and "tokenizer.json" in message and "vocab.txt" in message
     assert "\n" not in message
+
+
+def test_is_split_into_words_matches_transformers(ours, ref):
+    batch = [["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."], ["Peter", "Blackburn"],
+             ["U.S.", "naïve", "café", "2,000"]]
+    mine, theirs = ours(batch, is_split_into_words=True), ref(batch, is_split_into_words=True)
+    assert mine["input_ids"] == theirs["input_ids"]
+    assert [mine.word_ids(i) for i in range(3)] == [theirs.word_ids(i) for i in range(3)]
+    assert ours(batch[1], is_split_into_words=True)["input_ids"] == ref(batch[1], is_split_into_words=True)["input_ids"]

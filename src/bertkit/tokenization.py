@@ -294,17 +294,23 @@ class BertTokenizer:
         return_special_tokens_mask: bool = False,
         return_overflowing_tokens: bool = False,
         pad_to_multiple_of: int | None = None,
+        is_split_into_words: bool = False,
     ) -> BatchEncoding:
         """Encode one text, a pair, or a batch of either, with transformers' semantics for every argument.
 
         A single text gives flat lists (or (1, T) tensors); a batch gives one row per text, plus one row per
         overflowing window when `return_overflowing_tokens` (then `overflow_to_sample_mapping` names its text).
+        With `is_split_into_words`, a text is a list of words (a batch, a list of such lists) and `word_ids` index
+        those words.
         """
         if return_tensors not in (None, "pt", "np"):
             raise UserError(f"return_tensors={return_tensors!r}; expected 'pt', 'np' or None")
         padding_strategy, truncation_strategy, max_length = self._strategies(
             padding, truncation, max_length, pad_to_multiple_of)
-        batched = isinstance(text, (list, tuple))
+        if is_split_into_words:
+            batched = bool(text) and isinstance(text[0], (list, tuple))
+        else:
+            batched = isinstance(text, (list, tuple))
         if batched:
             if isinstance(text_pair, str):
                 raise UserError("when `text` is a batch, `text_pair` must be a list of the same length, not a string")
@@ -316,7 +322,7 @@ class BertTokenizer:
             inputs = [(text, text_pair)] if text_pair else [text]
 
         encodings = self._encode_batch(inputs, add_special_tokens, padding_strategy, truncation_strategy,
-                                       max_length, stride, pad_to_multiple_of)
+                                       max_length, stride, pad_to_multiple_of, is_split_into_words)
 
         rows: list[Encoding] = []
         sample_of_row: list[int] = []
@@ -389,7 +395,8 @@ class BertTokenizer:
         return padding_strategy, truncation_strategy, max_length
 
     def _encode_batch(self, inputs: list, add_special_tokens: bool, padding: str, truncation: str,
-                      max_length: int | None, stride: int, pad_to_multiple_of: int | None) -> list[Encoding]:
+                      max_length: int | None, stride: int, pad_to_multiple_of: int | None,
+                      is_pretokenized: bool = False) -> list[Encoding]:
         with self._lock:
             if truncation == "do_not_truncate":
                 self._backend.no_truncation()
@@ -402,7 +409,8 @@ class BertTokenizer:
                     direction="right", pad_id=self.pad_token_id, pad_type_id=0, pad_token=self.pad_token,
                     length=max_length if padding == "max_length" else None, pad_to_multiple_of=pad_to_multiple_of)
             try:
-                return self._backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+                return self._backend.encode_batch(inputs, is_pretokenized=is_pretokenized,
+                                                  add_special_tokens=add_special_tokens)
             except BaseException as err:
                 # The Rust side raises a bare Exception when only_first/only_second cannot reach max_length, and
                 # panics (a BaseException) when a stride does not fit in a window; both are the caller's to fix.

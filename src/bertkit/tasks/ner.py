@@ -108,10 +108,9 @@ def prepare_features(examples: Sequence[TokenExample], tokenizer, label2id: Mapp
         raise UserError(f"max_length={max_length} leaves no room for words beside [CLS] and [SEP]; use at least 3")
     if stride_words is not None and stride_words < 0:
         raise UserError(f"stride_words={stride_words}: the overlap between windows is a number of words, at least 0")
-    # is_pretokenized keeps the caller's words: the pre-tokenizer may still split one (U.S. -> u . s .), and
+    # is_split_into_words keeps the caller's words: the pre-tokenizer may still split one (U.S. -> u . s .), and
     # word_ids map every piece back to it.
-    encodings = tokenizer.backend_tokenizer.encode_batch([e.tokens for e in examples], is_pretokenized=True,
-                                                         add_special_tokens=False)
+    encodings = tokenizer([e.tokens for e in examples], is_split_into_words=True, add_special_tokens=False).encodings
     features: list[Feature] = []
     for index, (example, encoding) in enumerate(zip(examples, encodings)):
         tag_ids = _tag_ids(example, label2id) if label2id is not None else None
