@@ -188,10 +188,8 @@ def run_evaluate(model_dir: str, task_name: str | None, data: DataArgs, batch_si
     task, model, _ = load_trained(model_dir)
     if task_name and task_name != task.name:
         raise UserError(f"--task {task_name}: {model_dir} is a {task.name} model")
-    _, examples, _ = load_split(task.name, data, "dev") if data.dataset else (None, None, None)
-    if not data.dataset:
-        if data.dev is None:
-            raise UserError("give --data FILE or --dataset NAME")
-        examples = read_file(task.name, data.dev, data)
+    if not data.dataset and data.dev is None:
+        raise UserError("give --data FILE or --dataset NAME")
+    _, examples, _ = load_split(task.name, data, "dev")
     examples = subsample(examples, max_examples, 0)
     return task.evaluate(model, examples, task.features(examples, skip_bad_rows=data.skip_bad_rows), batch_size)
