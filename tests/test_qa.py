@@ -112,6 +112,18 @@ def test_long_context_windows_by_hand(tok):
     assert eval_features.start_positions is None and eval_features.input_ids == features.input_ids
 
 
+def test_a_reference_only_answer_is_scored_against_but_never_a_label(tok):
+    context = "The tower is in Paris, France."
+    free_form = QAExample("q", "where?", context, [Answer("in the city of Paris", -1), Answer("Paris", 16)], False, "")
+    only_free_form = QAExample("r", "where?", context, [Answer("in the city of Paris", -1)], False, "")
+    features = prepare_features([free_form, only_free_form], tok, max_length=32, doc_stride=8)
+    (start, end), (none_start, none_end) = zip(features.start_positions, features.end_positions)
+    assert context[features.offsets[0][start][0]:features.offsets[0][end][1]] == "Paris"
+    assert (none_start, none_end) == (0, 0)
+    assert squad_scores({"q": "in the city of Paris", "r": "in the city of Paris"}, [free_form, only_free_form]) == \
+        {"exact_match": 100.0, "f1": 100.0}
+
+
 def test_collate_pads_to_the_longest_of_the_batch(tok):
     features = prepare_features([example("what color?", NUMBERS, "eight nine")], tok, max_length=16, doc_stride=4)
     batch = features.collate([2, 1])

@@ -91,12 +91,6 @@ def split_squad_dev(data: bytes) -> dict[str, bytes]:
             for name, lo, hi in (("train.json", 0, 38), ("dev.json", 38, 43))}
 
 
-def _read_cmrc2018(path: Path, skip_bad_rows: bool = False) -> list[QAExample]:
-    """CMRC 2018 dev has 193 of its 9,657 answers marked answer_start -1 with text that is not in the context;
-    they are always dropped, with a warning (every question keeps at least one of its three answers)."""
-    return read_squad(path, skip_bad_rows=True)
-
-
 GLUE = "https://dl.fbaipublicfiles.com/glue/data"
 MRPC = "https://dl.fbaipublicfiles.com/senteval/senteval_data"  # the original files, as GLUE's script fetches them
 WNUT17 = "https://raw.githubusercontent.com/leondz/emerging_entities_17/master"
@@ -142,7 +136,7 @@ DATASETS: dict[str, DatasetInfo] = {
         QA, "en", "squad", {"train": "train.json", "dev": "dev.json"}, read_squad,
         downloads=(Download("https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v1.1.json", split_squad_dev),)),
     "cmrc2018": DatasetInfo(
-        QA, "zh", "zh/cmrc2018", {"train": "trial.json", "trial": "trial.json", "dev": "dev.json"}, _read_cmrc2018,
+        QA, "zh", "zh/cmrc2018", {"train": "trial.json", "trial": "trial.json", "dev": "dev.json"}, read_squad,
         downloads=(Download(f"{CMRC2018}/cmrc2018_trial.json", save_as("trial.json")),
                    Download(f"{CMRC2018}/cmrc2018_dev.json", save_as("dev.json")))),
 }

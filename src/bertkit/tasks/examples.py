@@ -27,7 +27,8 @@ class TokenExample:
 @dataclass
 class Answer:
     text: str
-    start: int  # character offset into the context: context[start:start + len(text)] == text
+    start: int  # character offset into the context: context[start:start + len(text)] == text; -1: a reference
+    # answer that is not in the context (CMRC 2018's free-form ones), scored against but never trained on
 
 
 @dataclass

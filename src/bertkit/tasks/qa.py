@@ -100,10 +100,10 @@ def prepare_features(examples: Sequence[QAExample], tokenizer, max_length: int =
         features.offsets.append(offsets)
         if train:
             example = examples[features.example_index[i]]
-            if example.is_impossible or not example.answers:
+            answer = next((a for a in example.answers if a.start >= 0), None)
+            if example.is_impossible or answer is None:
                 start, end = 0, 0
             else:
-                answer = example.answers[0]
                 start, end = answer_token_span(offsets, answer.start, answer.start + len(answer.text))
             features.start_positions.append(start)
             features.end_positions.append(end)

@@ -302,9 +302,11 @@ def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]
     """Questions of a SQuAD-style file (v1.1, or v2 with `is_impossible`), one QAExample each.
 
     An answer whose `answer_start` does not point at its text moves to the nearest occurrence of the text
-    (`locate_answer`), counted in a warning. An answer whose text is nowhere in the context is an error naming
-    the question id, or with `skip_bad_rows` is dropped (the question stays, with its other answers). A file
-    that is not SQuAD-shaped (missing fields) is always an error."""
+    (`locate_answer`), counted in a warning. An answer marked `answer_start: -1` whose text is not in the context
+    (CMRC 2018 dev has 193: annotators' free-form answers) is kept with start -1, as a reference for scoring
+    only, as CMRC's official evaluation keeps it. Any other answer whose text is nowhere in the context is an
+    error naming the question id, or with `skip_bad_rows` is dropped (the question stays, with its other
+    answers). A file that is not SQuAD-shaped (missing fields) is always an error."""
     text = read_text(path)
     try:
         data = json.loads(text)
@@ -323,6 +325,9 @@ def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]
                     answer_text = _field(answer, "text", str, where)
                     start = _field(answer, "answer_start", int, where)
                     found = locate_answer(context, answer_text, start)
+                    if found is None and start == -1 and answer_text.strip():
+                        answers.append(Answer(answer_text, -1))  # a reference for scoring, not a training label
+                        continue
                     if found is None:
                         error = f"{where}: answer {answer_text!r} is not in the context"
                         if not skip_bad_rows:

@@ -72,17 +72,3 @@ def to_iob2(tags: Sequence[str]) -> list[str]:
             out.append(("I-" if _continues(prefix, entity_type, previous) else "B-") + entity_type)
         previous = tag
     return out
-
-
-def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """IOB2 tags -> [(type, start, end_exclusive)], in order. An I- that does not continue the entity before it
-    begins a new one, as conlleval and seqeval (default mode) read it."""
-    spans, start, current = [], None, ""
-    for i, tag in enumerate([*tags, "O"]):  # the final O closes an entity that runs to the end
-        prefix, entity_type = split_tag(tag)
-        if start is not None and (prefix != "I" or entity_type != current):
-            spans.append((current, start, i))
-            start = None
-        if prefix == "B" or (prefix == "I" and start is None):
-            start, current = i, entity_type
-    return spans
