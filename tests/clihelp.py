@@ -11,10 +11,11 @@ DATA = Path(os.environ.get("BERTKIT_DATA_DIR", Path(__file__).resolve().parents[
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}  # never reach for the Hub from a test
 
 
-def run_cli(*args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m bertkit ARGS...`; with `check`, a non-zero exit fails the test showing stderr's tail."""
-    r = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True, env=ENV,
-                       timeout=timeout)
+def run_cli(*args, check: bool = True, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m bertkit ARGS...` (`env`: variables to add); with `check`, a non-zero exit fails the test showing
+    stderr's tail."""
+    r = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True,
+                       env={**ENV, **(env or {})}, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}: {r.stderr[-3000:]}")
     return r

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bertkit.checkpoint import BUNDLED_NAMES, DEFAULT_MODEL
+from bertkit.checkpoint import BUNDLED_NAMES, DEFAULT_MODEL, resolve_model_dir
 from bertkit.errors import UserError
 
 
@@ -184,7 +184,8 @@ def cmd_finetune(args) -> None:
 def cmd_evaluate(args) -> None:
     from bertkit.finetune import run_evaluate
 
-    metrics = run_evaluate(args.model, args.task, _data_args(args), args.batch_size, args.max_examples)
+    metrics = run_evaluate(args.model, args.task, _data_args(args), args.batch_size, args.max_examples,
+                           backend=args.backend, int8=args.int8)
     print(json.dumps(metrics))
 
 
@@ -216,7 +217,7 @@ def _read_inputs(args) -> list:
 def cmd_predict(args) -> None:
     from bertkit.inference.pipeline import Pipeline
 
-    pipe = Pipeline(args.model, batch_size=args.batch_size)
+    pipe = Pipeline(args.model, batch_size=args.batch_size, backend=args.backend, int8=args.int8)
     rows = _read_inputs(args)
     if pipe.task.name == "question-answering":
         bad = [i for i, r in enumerate(rows, 1) if not (isinstance(r, dict) and {"question", "context"} <= set(r))]
@@ -225,6 +226,17 @@ def cmd_predict(args) -> None:
     for row, result in zip(rows, pipe(rows, all_scores=args.all_scores)):
         shown = row if isinstance(row, dict) else {"text": row}
         print(json.dumps({**shown, **result}, ensure_ascii=False))
+
+
+def cmd_export_onnx(args) -> None:
+    from bertkit.inference.onnx import export_onnx
+
+    model_dir = resolve_model_dir(args.model)
+    out = args.out or Path(model_dir) / ("model_int8.onnx" if args.int8 else "model.onnx")
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file name such as {out / 'model.onnx'}")
+    export_onnx(model_dir, out, int8=args.int8, opset=args.opset)
+    print(json.dumps({"onnx": str(out), "int8": args.int8, "bytes": out.stat().st_size}))
 
 
 def cmd_demo(args) -> None:
@@ -271,6 +283,12 @@ def _add_data_flags(s, file_flags: tuple[str, ...]) -> None:
     s.add_argument("--pair-column", help="column of the second text, for pairs")
     s.add_argument("--label-column", help="column of the label")
     s.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows with a counted warning")
+
+
+def _add_backend_flags(s) -> None:
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: ONNX Runtime on the model's exported graph (exported once if missing)")
+    s.add_argument("--int8", action="store_true", help="int8 Linear weights, dynamic quantization (CPU)")
 
 
 def _positive_int(text: str) -> int:
@@ -332,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(s, ("--data",))
     s.add_argument("--batch-size", type=_positive_int, default=64)
     s.add_argument("--max-examples", type=_positive_int)
+    _add_backend_flags(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")
@@ -340,7 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", metavar="FILE", help="one text a line, or JSON lines (text/text_pair, question/context)")
     s.add_argument("--all-scores", action="store_true", help="classification: the score of every label")
     s.add_argument("--batch-size", type=_positive_int, default=64)
+    _add_backend_flags(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export a model for other runtimes")
+    esub = s.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    e = esub.add_parser("onnx", help="ONNX with dynamic batch and sequence axes, checked against PyTorch")
+    e.add_argument("--model", required=True, metavar="DIR")
+    e.add_argument("--out", type=Path, metavar="FILE", help="default DIR/model.onnx (DIR/model_int8.onnx with --int8)")
+    e.add_argument("--int8", action="store_true", help="int8 Linear weights (ONNX Runtime dynamic quantization)")
+    e.add_argument("--opset", type=_positive_int, default=18)
+    e.set_defaults(func=cmd_export_onnx)
 
     s = sub.add_parser("demo", help="the main job: fine-tune all-MiniLM-L6-v2 on SST-2, evaluate, classify")
     s.add_argument("--out", type=Path, default=Path("runs/demo-sst2"), metavar="DIR")

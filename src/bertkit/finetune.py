@@ -118,8 +118,10 @@ def make_task(task: str, tokenizer, seq_len: int, doc_stride: int, train_example
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def load_trained(model_dir: str, seq_len: int | None = None, doc_stride: int = 128):
-    """(task, model, tokenizer) of a fine-tuned checkpoint directory."""
+def load_trained(model_dir: str, seq_len: int | None = None, doc_stride: int = 128, backend: str = "torch",
+                 int8: bool = False):
+    """(task, model, tokenizer) of a fine-tuned checkpoint directory. `backend="onnx"` runs the model under ONNX
+    Runtime (exported once, see `inference.onnx.onnx_for`); `int8` quantizes its Linear layers' weights."""
     from bertkit.config import BertConfig
     from bertkit.tokenization import BertTokenizer
 
@@ -132,7 +134,17 @@ def load_trained(model_dir: str, seq_len: int | None = None, doc_stride: int = 1
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     seq_len = seq_len or config.extra.get("max_seq_length", 128)
     task = make_task(task_name, tokenizer, seq_len, doc_stride, config=config)
+    if backend == "onnx":
+        from bertkit.inference.onnx import OnnxModel, onnx_for
+
+        return task, OnnxModel(onnx_for(model_dir, int8=int8)), tokenizer
+    if backend != "torch":
+        raise UserError(f"--backend {backend}: expected torch or onnx")
     model = task.model_class.from_pretrained(model_dir, config=config)
+    if int8:
+        from bertkit.inference.onnx import quantize_int8
+
+        model = quantize_int8(model)
     return task, model, tokenizer
 
 
@@ -184,8 +196,8 @@ def run_finetune(a: FinetuneArgs) -> dict:
 
 
 def run_evaluate(model_dir: str, task_name: str | None, data: DataArgs, batch_size: int = 64,
-                 max_examples: int | None = None) -> dict[str, float]:
-    task, model, _ = load_trained(model_dir)
+                 max_examples: int | None = None, backend: str = "torch", int8: bool = False) -> dict[str, float]:
+    task, model, _ = load_trained(model_dir, backend=backend, int8=int8)
     if task_name and task_name != task.name:
         raise UserError(f"--task {task_name}: {model_dir} is a {task.name} model")
     if not data.dataset and data.dev is None:

@@ -12,12 +12,18 @@ class Pipeline:
 
     text-classification: "text" or {"text", "text_pair"} -> {"label", "score"} (+ "scores" with all_scores=True);
     token-classification: "text" -> {"entities": [{"type", "text", "start", "end", "score"}]};
-    question-answering: {"question", "context"} -> {"answer", "start", "end", "score"}."""
+    question-answering: {"question", "context"} -> {"answer", "start", "end", "score"}.
 
-    def __init__(self, model_dir: str, task: str | None = None, batch_size: int = 64, device: str | None = None):
+    `backend="onnx"` runs the model under ONNX Runtime; `int8=True` runs it with int8 Linear weights (either
+    backend, CPU)."""
+
+    def __init__(self, model_dir: str, task: str | None = None, batch_size: int = 64, device: str | None = None,
+                 backend: str = "torch", int8: bool = False):
         from bertkit.finetune import load_trained
 
-        self.task, self.model, self.tokenizer = load_trained(model_dir)
+        if (backend != "torch" or int8) and device not in (None, "cpu"):
+            raise UserError(f"backend={backend!r}, int8={int8}: CPU only; device={device!r} needs backend='torch'")
+        self.task, self.model, self.tokenizer = load_trained(model_dir, backend=backend, int8=int8)
         if task is not None and task != self.task.name:
             raise UserError(f"{model_dir} is a {self.task.name} model, not {task}")
         if device:

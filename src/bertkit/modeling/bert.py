@@ -85,16 +85,18 @@ class BertSelfAttention(nn.Module):
         x: torch.Tensor,  # (B, L, H), or (T, H) packed tokens when `mask` is a Packing
         mask: torch.Tensor | Packing | None,  # (B, 1, 1, L) bool, True = attend; None = no padding
         output_attentions: bool = False,
+        cls_only: bool = False,  # queries at position 0 only: the output is (B, 1, H)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         packing = mask if isinstance(mask, Packing) else None
-        q, k, v = self.query(x), self.key(x), self.value(x)  # the projections run on real tokens only when packed
+        # the projections run on real tokens only when packed
+        q, k, v = self.query(x[:, :1] if cls_only else x), self.key(x), self.value(x)
         if packing is not None:
             # Attention itself runs re-padded: (T, H) -> (B, L, H), one SDPA call with the padding mask.
             q, k, v, mask = pad(q, packing), pad(k, packing), pad(v, packing), packing.mask
-        B, L, H = q.shape
+        B, L, H = q.shape  # L: the queries' length (1 with cls_only)
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
+            return t.view(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
 
         q, k, v = heads(q), heads(k), heads(v)
         dropout_p = self.dropout_p if self.training else 0.0
@@ -132,9 +134,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x, mask, output_attentions=False):
-        y, probs = self.self(x, mask, output_attentions)
-        return self.output(y, x), probs
+    def forward(self, x, mask, output_attentions=False, cls_only=False):
+        y, probs = self.self(x, mask, output_attentions, cls_only)
+        return self.output(y, x[:, :1] if cls_only else x), probs
 
 
 class BertIntermediate(nn.Module):
@@ -165,8 +167,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x, mask, output_attentions=False):
-        x, probs = self.attention(x, mask, output_attentions)
+    def forward(self, x, mask, output_attentions=False, cls_only=False):
+        x, probs = self.attention(x, mask, output_attentions, cls_only)
         return self.output(self.intermediate(x), x), probs
 
 
@@ -176,14 +178,19 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, x, mask, output_hidden_states=False, output_attentions=False):
+    def forward(self, x, mask, output_hidden_states=False, output_attentions=False, cls_only=False):
+        """`cls_only`: the last layer computes position 0 alone (its K and V still see every token), for callers
+        that read only the [CLS] vector; the output is then (B, 1, H)."""
         all_hidden = [x] if output_hidden_states else None
         all_attn = [] if output_attentions else None
-        for layer in self.layer:
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            cls_here = cls_only and i == last
             if self.gradient_checkpointing and self.training:
-                x, probs = torch.utils.checkpoint.checkpoint(layer, x, mask, output_attentions, use_reentrant=False)
+                x, probs = torch.utils.checkpoint.checkpoint(layer, x, mask, output_attentions, cls_here,
+                                                             use_reentrant=False)
             else:
-                x, probs = layer(x, mask, output_attentions)
+                x, probs = layer(x, mask, output_attentions, cls_here)
             if output_hidden_states:
                 all_hidden.append(x)
             if output_attentions:
@@ -208,7 +215,7 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None:
         return None
     mask = attention_mask.bool()
-    if mask.all():
+    if not torch.compiler.is_compiling() and mask.all():  # data-dependent: compiled and exported graphs keep the mask
         return None
     return mask[:, None, None, :]
 
@@ -237,12 +244,19 @@ class BertModel(BertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,  # (B, L, H)
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        cls_only: bool = False,
     ) -> BaseModelOutput:
+        """`cls_only`: compute only what the pooler reads. The last layer runs for the [CLS] position alone and
+        `last_hidden_state` is (B, 1, H); ignored when hidden states or attentions are asked for. The heads that
+        read only the pooled vector (sequence classification, NSP, multiple choice) set it."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, L, H)
         mask = padding_mask(attention_mask)
-        if self.unpadded and mask is not None and not output_attentions:
+        cls_only = cls_only and not (output_hidden_states or output_attentions)
+        if cls_only:
+            x, hidden, attn = self.encoder(x, mask, cls_only=True)
+        elif self.unpadded and mask is not None and not output_attentions:
             tokens, packing = unpad(x, attention_mask)  # (T, H)
             tokens, hidden, attn = self.encoder(tokens, packing, output_hidden_states)
             x = pad(tokens, packing)  # (B, L, H), zeros at padded positions

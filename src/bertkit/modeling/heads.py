@@ -175,9 +175,8 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> NextSentencePredictorOutput:
-        out = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
-        )
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states,
+                        output_attentions, cls_only=True)  # the pooled [CLS] vector is all this head reads
         logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
         loss = F.cross_entropy(logits.float(), labels.reshape(-1)) if labels is not None else None
         return NextSentencePredictorOutput(loss, logits, out.hidden_states, out.attentions)
@@ -230,9 +229,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> SequenceClassifierOutput:
-        out = self.bert(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
-        )
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states,
+                        output_attentions, cls_only=True)  # the pooled [CLS] vector is all this head reads
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, C)
         loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss, logits, out.hidden_states, out.attentions)
@@ -272,6 +270,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
             flat(inputs_embeds),
             output_hidden_states,
             output_attentions,
+            cls_only=True,
         )
         logits = self.classifier(self.dropout(out.pooler_output)).view(B, C)  # (B, C)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None

@@ -53,7 +53,7 @@ def run_model(
     model.eval()
     results: list = [None] * len(features)
     lengths = [len(f["input_ids"]) for f in features]
-    device = next(model.parameters()).device
+    device = model.device
     for idx in length_sorted_batches(lengths, batch_size, max_tokens):
         batch = collate([features[i] for i in idx])
         inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}

@@ -1,0 +1,113 @@
+"""ONNX export (parity with PyTorch under ONNX Runtime on new shapes), int8 on both backends, and the CLI flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from clihelp import run_cli as run
+
+import bertkit
+from bertkit import BertConfig
+from bertkit.errors import UserError
+
+pytest.importorskip("onnxruntime")
+from bertkit.inference.onnx import OnnxModel, export_onnx, quantize_int8  # noqa: E402
+
+HEADS = {
+    "BertForSequenceClassification": ("logits",),
+    "BertForTokenClassification": ("logits",),
+    "BertForQuestionAnswering": ("start_logits", "end_logits"),
+    "BertModel": ("last_hidden_state", "pooler_output"),
+}
+
+
+def tiny(directory: Path, arch: str) -> Path:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    config.id2label = {0: "neg", 1: "neutral", 2: "pos"}
+    getattr(bertkit, arch)(config).save_pretrained(directory)
+    bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(directory)
+    return directory
+
+
+def batch(tokenizer) -> dict[str, torch.Tensor]:
+    """Three inputs with padding, a pair among them, and a batch and length unlike the export's example."""
+    texts = ["Short.", "A much longer sentence, which makes the others carry padding in this batch.", "Third one"]
+    enc = tokenizer(texts, ["", "with a pair", "and its pair"], padding=True, return_tensors="pt")
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+@pytest.mark.parametrize("arch", list(HEADS))
+def test_onnx_runtime_matches_pytorch_on_new_shapes(tmp_path, arch):
+    model_dir = tiny(tmp_path / "m", arch)
+    path = export_onnx(model_dir, tmp_path / "m.onnx")
+    model = getattr(bertkit, arch).from_pretrained(model_dir).eval()
+    inputs = batch(bertkit.BertTokenizer.from_pretrained(model_dir))
+    assert inputs["input_ids"].shape[0] != 2
+    onnx = OnnxModel(path)
+    assert onnx.inputs == ["input_ids", "attention_mask", "token_type_ids"] and tuple(onnx.outputs) == HEADS[arch]
+    got = onnx(**inputs)
+    with torch.inference_mode():
+        expected = model(**inputs)
+    for name in HEADS[arch]:
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=1e-4, rtol=0)
+
+
+def test_int8_backends_stay_close_and_shrink_the_file(tmp_path):
+    model_dir = tiny(tmp_path / "m", "BertForSequenceClassification")
+    fp32, int8 = export_onnx(model_dir, tmp_path / "fp32.onnx"), export_onnx(model_dir, tmp_path / "int8.onnx", int8=True)
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size  # the embedding matrices are quantized too
+    inputs = batch(bertkit.BertTokenizer.from_pretrained(model_dir))
+    model = bertkit.BertForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        expected = model(**inputs).logits
+        quantized = quantize_int8(bertkit.BertForSequenceClassification.from_pretrained(model_dir))
+        torch_int8 = quantized(**inputs).logits
+    assert isinstance(quantized.bert.encoder.layer[0].intermediate.dense, torch.ao.nn.quantized.dynamic.Linear)
+    onnx_int8 = OnnxModel(int8)(**inputs).logits
+    spread = float(expected.abs().max())
+    for got in (torch_int8, onnx_int8):
+        diff = float((got - expected).abs().max())
+        assert 0 < diff < 0.05 * spread  # changed by the rounding, but not by much
+
+
+def test_cli_export_then_predict_and_evaluate_on_either_backend(tmp_path):
+    model_dir = tiny(tmp_path / "clf", "BertForSequenceClassification")
+    out = json.loads(run("export", "onnx", "--model", model_dir).stdout)
+    assert out["onnx"] == str(model_dir / "model.onnx") and not out["int8"]
+    texts = ["a wonderful film", "a boring film that goes on and on", "fine"]
+    results = {}
+    cache = {"BERTKIT_CACHE_DIR": str(tmp_path / "cache")}
+    for flags in ([], ["--backend", "onnx"], ["--backend", "onnx", "--int8"]):
+        lines = run("predict", "--model", model_dir, *texts, "--all-scores", *flags, env=cache).stdout.splitlines()
+        results[" ".join(flags)] = [json.loads(line) for line in lines]
+    # the int8 graph was exported once into the cache, not into the model folder
+    assert not (model_dir / "model_int8.onnx").exists() and len(list((tmp_path / "cache").rglob("model_int8.onnx"))) == 1
+    torch_rows, onnx_rows = results[""], results["--backend onnx"]
+    assert [r["text"] for r in onnx_rows] == texts
+    for a, b in zip(torch_rows, onnx_rows):
+        assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+    int8_rows = results["--backend onnx --int8"]
+    assert all(r["scores"] == pytest.approx(t["scores"], abs=0.05) for r, t in zip(int8_rows, torch_rows))
+    gold = ["pos", "neg", "neutral"]
+    data = tmp_path / "dev.tsv"
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in zip(texts, gold)))
+    metrics = json.loads(run("evaluate", "--model", model_dir, "--data", data, "--backend", "onnx")
+                         .stdout.splitlines()[-1])
+    assert metrics["accuracy"] == pytest.approx(100 * sum(r["label"] == g for r, g in zip(torch_rows, gold)) / 3)
+
+
+def test_export_and_backend_errors_are_one_line(tmp_path):
+    r = run("export", "onnx", "--model", tmp_path / "missing", check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "missing" in r.stderr
+    model_dir = tiny(tmp_path / "clf", "BertForSequenceClassification")
+    (model_dir / "model.onnx").write_bytes(b"not a graph")
+    r = run("predict", "--model", model_dir, "hello", "--backend", "onnx", check=False)
+    assert r.returncode == 2 and "model.onnx: not a loadable ONNX model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="CPU only"):
+        bertkit.pipeline(model=str(model_dir), backend="onnx", device="cuda")
