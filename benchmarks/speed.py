@@ -50,17 +50,24 @@ def quiet_transformers():
 # ---- matmul peak -----------------------------------------------------------------------------------------------
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """fp32 GFLOP/s of an n x n @ n x n matmul, best of `repeats`: the ceiling MFU is measured against."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    """GFLOP/s of an n x n @ n x n matmul (fp32 on CPU, bf16 on CUDA), best of `repeats`: the ceiling MFU is
+    measured against."""
+    if device.startswith("cuda"):
+        n = 8192
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -90,9 +97,12 @@ def pretrain_inputs(preset: str, batch_size: int, seq_len: int, steps: int) -> P
     return out
 
 
-def pretrain_worker(impl: str, directory: Path, unpadded: bool) -> dict:
-    """Forward, backward and AdamW step on each batch; the first is warm-up. Times, tokens and peak RSS."""
-    batches = torch.load(directory / "batches.pt")
+def pretrain_worker(impl: str, directory: Path, unpadded: bool, device: str = "cpu") -> dict:
+    """Forward, backward and AdamW step on each batch; the first is warm-up. Times, tokens and peak RSS (on CUDA:
+    bf16 autocast, and peak GPU memory)."""
+    batches = [{k: v.to(device) for k, v in b.items()} for b in torch.load(directory / "batches.pt")]
+    cuda = device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     if impl == "bertkit":
         import bertkit
 
@@ -102,21 +112,24 @@ def pretrain_worker(impl: str, directory: Path, unpadded: bool) -> dict:
     else:
         model = quiet_transformers().BertForPreTraining.from_pretrained(directory, attn_implementation="sdpa")
         step_kwargs = {}
-    with torch.no_grad():  # parity: without dropout, both sides give the same loss on the same weights and batch
+    model.to(device)
+    with torch.no_grad(), autocast:  # parity: without dropout, both sides give the same loss on the same batch
         eval_loss = float(model.eval()(**batches[0], **step_kwargs).loss)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=cuda or None)
     times, tokens, losses = [], [], []
     for batch in batches:
-        t0 = time.perf_counter()
-        loss = model(**batch, **step_kwargs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
+        def step():
+            with autocast:
+                loss = model(**batch, **step_kwargs).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+        times.append(_timed(step, device))
         tokens.append(int(batch["attention_mask"].sum()))
-        losses.append(float(loss))
-    return {"step_s": times[1:], "tokens": tokens[1:], "eval_loss": eval_loss, "peak_rss_mib": peak_rss_mib(),
+    gpu = {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
+    return {"step_s": times[1:], "tokens": tokens[1:], "eval_loss": eval_loss, "peak_rss_mib": peak_rss_mib(), **gpu,
             "step_gflop": sum(step_flops(model.config, b) for b in batches[1:]) / len(batches[1:]) / 1e9}
 
 
@@ -138,18 +151,21 @@ def bench_pretrain(a) -> dict:
     for _ in range(a.rounds):
         for impl in runs:
             runs[impl].append(worker("pretrain", impl, directory, a))
-    result = {"workload": f"pretraining step MLM+NSP, {a.preset} preset, seq {a.seq_len}, batch {a.batch_size}",
+    result = {"workload": f"pretraining step MLM+NSP, {a.preset} preset, seq {a.seq_len}, batch {a.batch_size}"
+                          + (" (bertkit unpadded)" if a.unpadded else ""), "device": a.device,
               "threads": torch.get_num_threads()}
     for impl, rs in runs.items():
         step_s = median([t for r in rs for t in r["step_s"]])
         tokens = statistics.mean(t for r in rs for t in r["tokens"])
         result[impl] = {"step_s": step_s, "tokens_per_s": round(tokens / step_s, 1),
                         "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rs)), "eval_loss": rs[0]["eval_loss"]}
+        if "peak_gpu_mib" in rs[0]:
+            result[impl]["peak_gpu_mib"] = round(max(r["peak_gpu_mib"] for r in rs))
     b, t = result["bertkit"], result["transformers"]
     result["eval_loss_diff"] = abs(b["eval_loss"] - t["eval_loss"])  # same weights and batch: the same loss
     result["tokens_per_s_ratio"] = round(b["tokens_per_s"] / t["tokens_per_s"], 2)
     result["peak_rss_ratio"] = round(b["peak_rss_mib"] / t["peak_rss_mib"], 2)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(device=a.device)
     step_gflop = runs["bertkit"][0]["step_gflop"]
     for impl in runs:
         result[impl]["model_gflops_per_s"] = round(step_gflop / result[impl]["step_s"], 1)
@@ -344,7 +360,7 @@ def run_worker(kind: str, impl: str, target: str, settings: str) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     if kind == "pretrain":
-        out = pretrain_worker(impl, Path(target), a.unpadded)
+        out = pretrain_worker(impl, Path(target), a.unpadded, a.device)
     else:
         out = finetune_worker(impl, Path(target), a)
     print(json.dumps(out))
@@ -362,6 +378,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=5, help="timed pretraining steps per process (after 1 warm-up)")
     p.add_argument("--unpadded", action="store_true", help="pretrain: bertkit's unpadded encoder path")
+    p.add_argument("--device", default="cpu", help="pretrain: cpu or cuda (bf16 autocast; MFU against bf16 matmul)")
     p.add_argument("--train-examples", type=int, default=8000)
     p.add_argument("--model", default=str(CACHE / "finetune-bertkit-0"), help="classify: a fine-tuned SST-2 model")
     p.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
@@ -376,7 +393,8 @@ def main():
                                   "gflops": round(matmul_peak_gflops(), 1)}}[a.workload]
     result = bench(a)
     a.out.mkdir(parents=True, exist_ok=True)
-    name = a.workload + (f"-{a.preset}" if a.workload == "pretrain" else "")
+    name = a.workload + (f"-{a.preset}{'-unpadded' if a.unpadded else ''}-{a.device}" if a.workload == "pretrain"
+                         else "")
     (a.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

@@ -24,11 +24,11 @@ HEADS = {
 }
 
 
-def tiny(directory: Path, arch: str) -> Path:
+def tiny(directory: Path, arch: str, labels=("neg", "neutral", "pos")) -> Path:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=128)
-    config.id2label = {0: "neg", 1: "neutral", 2: "pos"}
+    config.id2label = dict(enumerate(labels))
     getattr(bertkit, arch)(config).save_pretrained(directory)
     bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(directory)
     return directory
@@ -55,6 +55,26 @@ def test_onnx_runtime_matches_pytorch_on_new_shapes(tmp_path, arch):
         expected = model(**inputs)
     for name in HEADS[arch]:
         torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch, labels, inputs", [
+    ("BertForTokenClassification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"),
+     ["Peter Blackburn lives in Brussels.", "Ein Satz"]),
+    ("BertForQuestionAnswering", ("LABEL_0", "LABEL_1"),
+     [{"question": "Who wrote Hamlet?", "context": "Hamlet is a tragedy written by William Shakespeare."},
+      {"question": "When?", "context": "Between 1599 and 1601, in London."}]),
+])
+def test_pipelines_answer_the_same_on_onnx(tmp_path, arch, labels, inputs, monkeypatch):
+    monkeypatch.setenv("BERTKIT_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = tiny(tmp_path / "m", arch, labels)
+    torch_results = bertkit.pipeline(model=str(model_dir))(inputs)
+    onnx_results = bertkit.pipeline(model=str(model_dir), backend="onnx")(inputs)
+    strip = (lambda r: {k: v for k, v in r.items() if k != "score"})
+    for a, b in zip(torch_results, onnx_results):
+        if "entities" in a:
+            assert a == b
+        else:
+            assert strip(a) == strip(b) and a["score"] == pytest.approx(b["score"], abs=1e-4)
 
 
 def test_int8_backends_stay_close_and_shrink_the_file(tmp_path):

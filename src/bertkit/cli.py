@@ -235,7 +235,10 @@ def cmd_export_onnx(args) -> None:
     out = args.out or Path(model_dir) / ("model_int8.onnx" if args.int8 else "model.onnx")
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out}: is a directory; give a file name such as {out / 'model.onnx'}")
-    export_onnx(model_dir, out, int8=args.int8, opset=args.opset)
+    try:
+        export_onnx(model_dir, out, int8=args.int8, opset=args.opset)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
     print(json.dumps({"onnx": str(out), "int8": args.int8, "bytes": out.stat().st_size}))
 
 

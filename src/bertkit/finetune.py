@@ -132,7 +132,10 @@ def load_trained(model_dir: str, seq_len: int | None = None, doc_stride: int = 1
         raise UserError(f"{model_dir}: not a fine-tuned task model (architectures {config.architectures}); "
                         "fine-tune it first with `bertkit finetune`")
     tokenizer = BertTokenizer.from_pretrained(model_dir)
-    seq_len = seq_len or config.extra.get("max_seq_length", 128)
+    # A checkpoint fine-tuned elsewhere (transformers) has no max_seq_length: 384 for QA (run_qa's), else 128.
+    default = 384 if task_name == "question-answering" else 128
+    seq_len = seq_len or config.extra.get("max_seq_length") or min(default, config.max_position_embeddings)
+    doc_stride = min(config.extra.get("doc_stride", doc_stride), seq_len // 2)  # windows must move forward
     task = make_task(task_name, tokenizer, seq_len, doc_stride, config=config)
     if backend == "onnx":
         from bertkit.inference.onnx import OnnxModel, onnx_for
@@ -174,6 +177,8 @@ def run_finetune(a: FinetuneArgs) -> dict:
         model = task.model_class.from_pretrained(a.model, ignore_mismatched_sizes=True, **task.config_fields())
         model.config.extra.update(finetuning_task=task_name, max_seq_length=a.seq_len,
                                   language=getattr(info, "language", None) or "en")
+        if task_name == "question-answering":
+            model.config.extra["doc_stride"] = a.doc_stride  # predict windows contexts as training did
         evaluate = None
         if dev_examples:
             evaluate = lambda m: task.evaluate(m, dev_examples, dev_features, batch_size=2 * a.training.batch_size)

@@ -11,7 +11,7 @@ class Pipeline:
     """Callable on one input or a list; returns one result (a dict) per input, in input order.
 
     text-classification: "text" or {"text", "text_pair"} -> {"label", "score"} (+ "scores" with all_scores=True);
-    token-classification: "text" -> {"entities": [{"type", "text", "start", "end", "score"}]};
+    token-classification: "text" -> {"entities": [{"type", "text", "start", "end"}]};
     question-answering: {"question", "context"} -> {"answer", "start", "end", "score"}.
 
     `backend="onnx"` runs the model under ONNX Runtime; `int8=True` runs it with int8 Linear weights (either

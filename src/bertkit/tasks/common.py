@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,6 +37,14 @@ def pad_batch(rows: Sequence[dict], token_labels: bool = False, pad_id: int = 0)
     return batch
 
 
+def autocast(device: torch.device):
+    """bf16 (fp16 where the GPU has no bf16) autocast on CUDA, where SDPA then takes its flash kernels; fp32 on CPU,
+    which has no fast bf16 here."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
 @torch.inference_mode()
 def run_model(
     model,
@@ -57,7 +66,8 @@ def run_model(
     for idx in length_sorted_batches(lengths, batch_size, max_tokens):
         batch = collate([features[i] for i in idx])
         inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}
-        picked = outputs(model(**inputs))
+        with autocast(device):
+            picked = outputs(model(**inputs))
         picked = picked if isinstance(picked, tuple) else (picked,)
         for row, i in enumerate(idx):
             parts = [(p[row, : lengths[i]] if per_token else p[row]).float().cpu() for p in picked]
