@@ -130,6 +130,7 @@ def pretrain_worker(impl: str, directory: Path, unpadded: bool, device: str = "c
         tokens.append(int(batch["attention_mask"].sum()))
     gpu = {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
     return {"step_s": times[1:], "tokens": tokens[1:], "eval_loss": eval_loss, "peak_rss_mib": peak_rss_mib(), **gpu,
+            "matmul_gflops": matmul_peak_gflops(device=device),  # this process, this moment: the VM's speed varies
             "step_gflop": sum(step_flops(model.config, b) for b in batches[1:]) / len(batches[1:]) / 1e9}
 
 
@@ -165,7 +166,8 @@ def bench_pretrain(a) -> dict:
     result["eval_loss_diff"] = abs(b["eval_loss"] - t["eval_loss"])  # same weights and batch: the same loss
     result["tokens_per_s_ratio"] = round(b["tokens_per_s"] / t["tokens_per_s"], 2)
     result["peak_rss_ratio"] = round(b["peak_rss_mib"] / t["peak_rss_mib"], 2)
-    peak = matmul_peak_gflops(device=a.device)
+    # the best matmul rate seen by any worker: a shared VM's speed drifts, and MFU must not flatter by a slow moment
+    peak = max(r["matmul_gflops"] for rs in runs.values() for r in rs)
     step_gflop = runs["bertkit"][0]["step_gflop"]
     for impl in runs:
         result[impl]["model_gflops_per_s"] = round(step_gflop / result[impl]["step_s"], 1)
@@ -178,22 +180,23 @@ def bench_pretrain(a) -> dict:
 # ---- fine-tuning on SST-2 --------------------------------------------------------------------------------------
 
 
-def finetune_worker(impl: str, out: Path, a) -> dict:
+def finetune_worker(impl: str, out: Path, a, seed: int) -> dict:
     t0 = time.perf_counter()
     if impl == "bertkit":
         cmd = [sys.executable, "-m", "bertkit", "finetune", "--dataset", "sst2", "--out", str(out), "--epochs", "1",
                "--max-train-examples", str(a.train_examples), "--batch-size", "32", "--lr", "1e-4", "--seq-len", "64",
-               "--eval-every", "0", "--no-progress", "--seed", "0"]
+               "--eval-every", "0", "--no-progress", "--seed", str(seed)]
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if r.returncode:
             sys.exit(r.stderr[-2000:])
         accuracy = json.loads(r.stdout.splitlines()[-1])["eval"]["accuracy"]
     else:
-        accuracy = transformers_finetune_sst2(a.train_examples)
-    return {"wall_s": time.perf_counter() - t0, "accuracy": accuracy, "peak_rss_mib": peak_rss_mib()}
+        accuracy = transformers_finetune_sst2(a.train_examples, seed)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # bertkit ran as a child
+    return {"wall_s": time.perf_counter() - t0, "accuracy": accuracy, "peak_rss_mib": max(peak_rss_mib(), children)}
 
 
-def transformers_finetune_sst2(n: int) -> float:
+def transformers_finetune_sst2(n: int, seed: int) -> float:
     """The usual transformers recipe: shuffled batches padded to their longest (DataCollatorWithPadding), the same
     examples, optimizer, schedule and hyper-parameters as `bertkit finetune`; returns dev accuracy in percent."""
     transformers = quiet_transformers()
@@ -202,10 +205,10 @@ def transformers_finetune_sst2(n: int) -> float:
     from bertkit.tasks.datasets import load_dataset
 
     path = resolve_model_dir("all-MiniLM-L6-v2")
-    train = subsample(load_dataset("sst2", "train", DATA).examples, n, 0)
+    train = subsample(load_dataset("sst2", "train", DATA).examples, n, seed)
     dev = load_dataset("sst2", "dev", DATA).examples
     tok = transformers.BertTokenizerFast.from_pretrained(path)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2)
     encoded = tok([e.text for e in train], truncation=True, max_length=64)
     label2id = {"negative": 0, "positive": 1}
@@ -241,16 +244,18 @@ def transformers_finetune_sst2(n: int) -> float:
 
 def bench_finetune(a) -> dict:
     runs = {"bertkit": [], "transformers": []}
-    for r in range(a.rounds):
+    for seed in a.seeds:  # one round per seed: both sides see the same examples and seed
         for impl in runs:
-            runs[impl].append(worker("finetune", impl, CACHE / f"finetune-{impl}-{r}", a))
+            runs[impl].append(worker("finetune", impl, CACHE / f"finetune-{impl}-{seed}", a, seed))
     result = {"workload": f"fine-tune all-MiniLM-L6-v2 on {a.train_examples} SST-2 examples, 1 epoch, batch 32, "
                           "seq 64, then SST-2 dev", "threads": torch.get_num_threads()}
     for impl, rs in runs.items():
-        result[impl] = {"wall_s": median([r["wall_s"] for r in rs]), "dev_accuracy": [round(r["accuracy"], 2) for r in rs],
+        result[impl] = {"wall_s": median([r["wall_s"] for r in rs]), "seeds": a.seeds,
+                        "dev_accuracy": [round(r["accuracy"], 2) for r in rs],
+                        "mean_dev_accuracy": round(statistics.mean(r["accuracy"] for r in rs), 2),
                         "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rs))}
     result["wall_time_ratio"] = round(result["transformers"]["wall_s"] / result["bertkit"]["wall_s"], 2)
-    result["model_dir"] = str(CACHE / "finetune-bertkit-0")
+    result["model_dir"] = str(CACHE / f"finetune-bertkit-{a.seeds[0]}")
     return result
 
 
@@ -346,29 +351,29 @@ def bench_tokenize(a) -> dict:
 # ---- plumbing --------------------------------------------------------------------------------------------------
 
 
-def worker(kind: str, impl: str, target: Path, a) -> dict:
+def worker(kind: str, impl: str, target: Path, a, seed: int = 0) -> dict:
     """Run one side of a workload in a fresh process (its own peak RSS); returns its JSON."""
-    cmd = [sys.executable, __file__, "_worker", kind, impl, str(target), json.dumps(vars(a), default=str)]
+    cmd = [sys.executable, __file__, "_worker", kind, impl, str(target), json.dumps(vars(a), default=str), str(seed)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"{kind} {impl} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.splitlines()[-1])
 
 
-def run_worker(kind: str, impl: str, target: str, settings: str) -> None:
+def run_worker(kind: str, impl: str, target: str, settings: str, seed: str) -> None:
     a = argparse.Namespace(**json.loads(settings))
     if a.threads:
         torch.set_num_threads(a.threads)
     if kind == "pretrain":
         out = pretrain_worker(impl, Path(target), a.unpadded, a.device)
     else:
-        out = finetune_worker(impl, Path(target), a)
+        out = finetune_worker(impl, Path(target), a, int(seed))
     print(json.dumps(out))
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "_worker":
-        return run_worker(*sys.argv[2:6])
+        return run_worker(*sys.argv[2:7])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workload", choices=["pretrain", "finetune", "classify", "tokenize", "matmul"])
     p.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's)")
@@ -380,6 +385,7 @@ def main():
     p.add_argument("--unpadded", action="store_true", help="pretrain: bertkit's unpadded encoder path")
     p.add_argument("--device", default="cpu", help="pretrain: cpu or cuda (bf16 autocast; MFU against bf16 matmul)")
     p.add_argument("--train-examples", type=int, default=8000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="finetune: one alternation per seed")
     p.add_argument("--model", default=str(CACHE / "finetune-bertkit-0"), help="classify: a fine-tuned SST-2 model")
     p.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
                    help="classify: also bertkit unpadded, int8 and ONNX")
@@ -393,7 +399,7 @@ def main():
                                   "gflops": round(matmul_peak_gflops(), 1)}}[a.workload]
     result = bench(a)
     a.out.mkdir(parents=True, exist_ok=True)
-    name = a.workload + (f"-{a.preset}{'-unpadded' if a.unpadded else ''}-{a.device}" if a.workload == "pretrain"
+    name = a.workload + (f"-seeds{'-'.join(map(str, a.seeds))}" if a.workload == "finetune" else "") + (f"-{a.preset}{'-unpadded' if a.unpadded else ''}-{a.device}" if a.workload == "pretrain"
                          else "")
     (a.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
