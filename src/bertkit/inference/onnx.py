@@ -123,17 +123,23 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, int8: bool
 
 
 def _quiet_export(run) -> None:
-    """torch.onnx.export prints its progress to stdout; keep stdout for results."""
+    """torch.onnx.export prints its progress to stdout, and warns of every torchvision op it cannot register; keep
+    stdout for results and stderr for what matters."""
     import contextlib
     import io
 
     buffer = io.StringIO()
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registry.level
+    registry.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(buffer):
             run()
     except Exception:
         sys.stderr.write(buffer.getvalue())
         raise
+    finally:
+        registry.setLevel(level)
 
 
 class OnnxModel:
