@@ -157,11 +157,9 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001  (onnxruntime raises its own untyped errors for bad files)
             raise UserError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
-        self.path = Path(path)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.device = torch.device("cpu")
-        self.training = False
 
     def eval(self) -> OnnxModel:
         return self
@@ -188,18 +186,18 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 def onnx_for(model_dir: str | os.PathLike, int8: bool = False) -> Path:
     """The ONNX file for a checkpoint: `model.onnx` / `model_int8.onnx` in its directory when present (what
-    `bertkit export onnx` writes by default), else exported once into the cache, keyed by the weights' hash."""
+    `bertkit export onnx` writes by default), else exported once into the cache, keyed by the checkpoint files."""
     from bertkit.data.dataset import default_cache_dir
 
     name = "model_int8.onnx" if int8 else "model.onnx"
     local = Path(model_dir) / name
     if local.exists():
         return local
-    digest = hashlib.sha256()
-    for file in ("config.json", "model.safetensors", "pytorch_model.bin"):
-        if (Path(model_dir) / file).exists():
-            digest.update((Path(model_dir) / file).read_bytes())
-    cached = default_cache_dir() / "onnx" / digest.hexdigest()[:16] / name
+    # keyed as the data cache keys its files: path, size and modification time, with no weight read on each call
+    files = [Path(model_dir, f).resolve() for f in ("config.json", "model.safetensors", "pytorch_model.bin")]
+    stats = [(str(p), st.st_size, st.st_mtime_ns) for p in files if p.exists() for st in [p.stat()]]
+    digest = hashlib.sha256(repr(stats).encode()).hexdigest()
+    cached = default_cache_dir() / "onnx" / digest[:16] / name
     if not cached.exists():
         print(f"bertkit: exporting {model_dir} to {cached} (once)", file=sys.stderr)
         export_onnx(model_dir, cached, int8=int8)

@@ -254,15 +254,13 @@ class BertModel(BertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, L, H)
         mask = padding_mask(attention_mask)
         cls_only = cls_only and not (output_hidden_states or output_attentions)
-        if cls_only:
-            x, hidden, attn = self.encoder(x, mask, cls_only=True)
-        elif self.unpadded and mask is not None and not output_attentions:
+        if self.unpadded and mask is not None and not (output_attentions or cls_only):
             tokens, packing = unpad(x, attention_mask)  # (T, H)
             tokens, hidden, attn = self.encoder(tokens, packing, output_hidden_states)
             x = pad(tokens, packing)  # (B, L, H), zeros at padded positions
             hidden = [pad(h, packing) for h in hidden] if hidden is not None else None
         else:
-            x, hidden, attn = self.encoder(x, mask, output_hidden_states, output_attentions)
+            x, hidden, attn = self.encoder(x, mask, output_hidden_states, output_attentions, cls_only)
         return BaseModelOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x) if self.pooler is not None else None,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 
 from bertkit.inference.batching import length_sorted_batches
+from bertkit.training.trainer import autocast_dtype
 
 def pad_batch(rows: Sequence[dict], token_labels: bool = False, pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Rows of python lists/numbers -> tensors padded to the longest row, with an attention_mask.
@@ -37,14 +37,6 @@ def pad_batch(rows: Sequence[dict], token_labels: bool = False, pad_id: int = 0)
     return batch
 
 
-def autocast(device: torch.device):
-    """bf16 (fp16 where the GPU has no bf16) autocast on CUDA, where SDPA then takes its flash kernels; fp32 on CPU,
-    which has no fast bf16 here."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-
-
 @torch.inference_mode()
 def run_model(
     model,
@@ -63,10 +55,12 @@ def run_model(
     results: list = [None] * len(features)
     lengths = [len(f["input_ids"]) for f in features]
     device = model.device
+    amp_dtype = autocast_dtype("auto", device)
     for idx in length_sorted_batches(lengths, batch_size, max_tokens):
         batch = collate([features[i] for i in idx])
         inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}
-        with autocast(device):
+        # precision "auto", as in training: bf16 (else fp16) autocast on CUDA, where SDPA takes its flash kernels
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             picked = outputs(model(**inputs))
         picked = picked if isinstance(picked, tuple) else (picked,)
         for row, i in enumerate(idx):
