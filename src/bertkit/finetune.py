@@ -118,7 +118,7 @@ def make_task(task: str, tokenizer, seq_len: int, doc_stride: int, train_example
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def load_trained(model_dir: str, seq_len: int | None = None, doc_stride: int = 128, backend: str = "torch",
+def load_trained(model_dir: str, seq_len: int | None = None, doc_stride: int | None = None, backend: str = "torch",
                  int8: bool = False):
     """(task, model, tokenizer) of a fine-tuned checkpoint directory. `backend="onnx"` runs the model under ONNX
     Runtime (exported once, see `inference.onnx.onnx_for`); `int8` quantizes its Linear layers' weights."""
@@ -135,7 +135,7 @@ def load_trained(model_dir: str, seq_len: int | None = None, doc_stride: int = 1
     # A checkpoint fine-tuned elsewhere (transformers) has no max_seq_length: 384 for QA (run_qa's), else 128.
     default = 384 if task_name == "question-answering" else 128
     seq_len = seq_len or config.extra.get("max_seq_length") or min(default, config.max_position_embeddings)
-    doc_stride = min(config.extra.get("doc_stride", doc_stride), seq_len // 2)  # windows must move forward
+    doc_stride = min(doc_stride or config.extra.get("doc_stride", 128), seq_len // 2)  # windows must move forward
     task = make_task(task_name, tokenizer, seq_len, doc_stride, config=config)
     if backend == "onnx":
         from bertkit.inference.onnx import OnnxModel, onnx_for
