@@ -201,7 +201,7 @@ def transformers_finetune_sst2(n: int, seed: int) -> float:
     examples, optimizer, schedule and hyper-parameters as `bertkit finetune`; returns dev accuracy in percent."""
     transformers = quiet_transformers()
     from bertkit.checkpoint import resolve_model_dir
-    from bertkit.finetune import subsample
+    from bertkit.commands.finetune import subsample
     from bertkit.tasks.datasets import load_dataset
 
     path = resolve_model_dir("all-MiniLM-L6-v2")

@@ -47,7 +47,12 @@ def test_text_classification_files_predict_and_evaluate(tiny_model, tmp_path):
     metrics = json.loads(run("evaluate", "--model", out, "--data", train).stdout.splitlines()[-1])
     assert metrics["accuracy"] == 100.0 and set(metrics) == {"accuracy", "f1", "mcc"}
     # the Python pipeline gives the same answers
-    assert bertkit.pipeline("text-classification", model=str(out))("a boring film")["label"] == "neg"
+    classify = bertkit.pipeline("text-classification", model=str(out))
+    assert classify("a boring film")[0]["label"] == "neg"  # transformers' shape: one string -> [{"label", "score"}]
+    ranked = classify(["a boring film"], top_k=None)[0]
+    assert [r["label"] for r in ranked] == ["neg", "pos"] and sum(r["score"] for r in ranked) == pytest.approx(1)
+    # the Python API returns the same metrics as the command
+    assert bertkit.evaluate(str(out), data=str(train)) == metrics
 
 
 def test_regression_on_float_scores(tiny_model, tmp_path):
@@ -67,10 +72,17 @@ def test_token_classification_on_real_conll(tiny_model, tmp_path):
                     "--max-steps", 6))
     result = json.loads(r.stdout.splitlines()[-1])
     assert result["main_metric"] == "f1" and {"precision", "recall", "f1"} <= set(result["eval"])
-    pred = json.loads(run("predict", "--model", out, "Peter Blackburn lives in Brussels.").stdout)
-    assert isinstance(pred["entities"], list)
-    for e in pred["entities"]:
-        assert "Peter Blackburn lives in Brussels."[e["start"]:e["end"]] == e["text"]
+    text = "Peter Blackburn lives in Brussels."
+    entities = json.loads(run("predict", "--model", out, text).stdout)
+    assert isinstance(entities, list)
+    for e in entities:
+        assert set(e) == {"entity_group", "score", "word", "start", "end"}
+        assert text[e["start"]:e["end"]].lower() == e["word"] and 0 <= e["score"] <= 1
+    # every token (aggregation "none", as transformers' default) when asked
+    tokens = json.loads(run("predict", "--model", out, text, "--aggregation-strategy", "none",
+                            "--ignore-labels", "").stdout)
+    pieces = bertkit.BertTokenizer.from_pretrained(out).tokenize(text)
+    assert [t["word"] for t in tokens] == pieces and [t["index"] for t in tokens] == list(range(1, len(pieces) + 1))
 
 
 @pytest.mark.skipif(not (DATA / "squad").is_dir(), reason="no shared data")
@@ -80,6 +92,8 @@ def test_question_answering_on_real_squad(tiny_model, tmp_path):
                     "--max-steps", 4, "--seq-len", 192, "--doc-stride", 64))
     result = json.loads(r.stdout.splitlines()[-1])
     assert set(result["eval"]) == {"exact_match", "f1"}
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["max_seq_length"], saved["doc_stride"], saved["version_2"]) == (192, 64, False)
     q = tmp_path / "q.jsonl"
     context = "Hamlet is a tragedy written by William Shakespeare between 1599 and 1601."
     q.write_text(json.dumps({"question": "Who wrote Hamlet?", "context": context}) + "\n")
@@ -132,5 +146,5 @@ def test_answer_not_in_context_names_the_question(tiny_model, tmp_path):
 
 
 def test_evaluate_rejects_a_model_of_another_task(tiny_model, tmp_path):
-    r = run("evaluate", "--model", tiny_model, "--dataset", "sst2", check=False)
-    assert r.returncode == 2 and "not a fine-tuned task model" in r.stderr
+    r = run("evaluate", "--model", tiny_model, "--task", "text-classification", "--dataset", "sst2", check=False)
+    assert r.returncode == 2 and "BertModel checkpoint, which cannot run text-classification" in r.stderr, r.stderr

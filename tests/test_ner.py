@@ -10,7 +10,7 @@ import torch
 from bertkit import UserError
 from bertkit.modeling.heads import IGNORE_INDEX
 from bertkit.tasks.examples import TokenExample
-from bertkit.tasks.ner import (
+from bertkit.tasks.token_classification import (
     collate,
     extract_entities,
     join_words,

@@ -14,8 +14,8 @@ import torch
 from bertkit.checkpoint import resolve_model_dir
 from bertkit.errors import UserError
 from bertkit.tasks.examples import Answer, QAExample
-from bertkit.tasks.qa import (Prediction, answer_token_span, cmrc_exact, cmrc_f1, cmrc_segments, normalize_answer,
-                              postprocess, prepare_features, squad_exact, squad_f1, squad_scores, truncate_question)
+from bertkit.tasks.metrics import cmrc_exact, cmrc_f1, cmrc_segments, normalize_answer, squad_exact, squad_f1, squad_scores
+from bertkit.tasks.question_answering import Prediction, answer_token_span, postprocess, prepare_features, truncate_question
 from bertkit.tasks.readers import read_squad
 from bertkit.tokenization import BertTokenizer
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import bertkit.settings
+
 from bertkit.errors import UserError
 from bertkit.tasks import datasets
 from bertkit.tasks.datasets import DATASETS, Download, download, load_dataset, save_as, split_squad_dev, unzip
@@ -248,7 +250,7 @@ def test_unknown_dataset_split_and_missing_files(tmp_path, monkeypatch):
     monkeypatch.delenv("BERTKIT_DATA_DIR")
     (tmp_path / "project").mkdir()
     monkeypatch.chdir(tmp_path / "project")
-    assert datasets.data_dir_path() == tmp_path / "shared" / "data"
+    assert bertkit.settings.data_dir() == tmp_path / "shared" / "data"
 
 
 def test_a_label_outside_the_dataset_is_an_error_naming_the_row(tmp_path):

@@ -27,6 +27,14 @@ def __getattr__(name: str):
         from bertkit.inference.pipeline import pipeline
 
         return pipeline
+    if name in ("finetune", "evaluate"):
+        from bertkit.commands import finetune
+
+        return getattr(finetune, name)
+    if name in ("pretrain", "predict"):
+        import importlib
+
+        return getattr(importlib.import_module(f"bertkit.commands.{name}"), name)
     raise AttributeError(f"module 'bertkit' has no attribute {name!r}")
 
 
@@ -35,6 +43,10 @@ __all__ = [
     "BertTokenizer",
     "UserError",
     "pipeline",
+    "finetune",
+    "evaluate",
+    "pretrain",
+    "predict",
     "BertModel",
     "BertPreTrainedModel",
     "BertForPreTraining",

@@ -14,6 +14,28 @@ from bertkit.checkpoint import BUNDLED_NAMES, DEFAULT_MODEL, resolve_model_dir
 from bertkit.errors import UserError
 
 
+FINETUNE_EXAMPLES = """examples:
+  bertkit finetune --dataset sst2 --out runs/sst2 --epochs 1 --lr 1e-4 --seq-len 64
+  bertkit finetune --dataset squad --out runs/squad --epochs 2 --lr 1e-4
+  bertkit finetune --task text-classification --train examples/reviews.tsv --dev examples/reviews.tsv \\
+      --text-column review --label-column stars --out runs/reviews --epochs 5
+"""
+EVALUATE_EXAMPLES = """examples:
+  bertkit evaluate --model runs/sst2 --dataset sst2
+  bertkit evaluate --model all-MiniLM-L6-v2 --task sentence-similarity --dataset stsb
+"""
+PREDICT_EXAMPLES = """examples:
+  bertkit predict --model runs/sst2 "I love this movie!" --top-k all
+  bertkit predict --model runs/conll "Peter Blackburn lives in Brussels." --aggregation-strategy simple
+  bertkit predict --model runs/squad --input examples/questions.jsonl
+  bertkit predict --model runs/sst2 --input reviews.txt --output predictions.jsonl
+"""
+PRETRAIN_EXAMPLES = """examples:
+  bertkit pretrain --input ../shared/data/pretrain/en --tokenizer runs/tok-en --config mini --out runs/mini-en \\
+      --max-steps 2000 --utf8-errors replace
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (no usage dump) and exit code 2."""
 
@@ -34,13 +56,6 @@ def _split_model_and_texts(positional: list[str], model_flag: str | None, n_text
         if n_texts is not None and len(positional) == n_texts + 1:
             raise UserError(f"{first}: not a checkpoint directory (expected MODEL followed by {n_texts} texts)")
     return DEFAULT_MODEL, positional
-
-
-def _load_encoder(name: str):
-    from bertkit.modeling import BertModel
-    from bertkit.tokenization import BertTokenizer
-
-    return BertModel.from_pretrained(name), BertTokenizer.from_pretrained(name)
 
 
 def cmd_info(args) -> None:
@@ -70,26 +85,25 @@ def cmd_info(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from bertkit.inference import encode_sentences
+    from bertkit.inference.pipeline import pipeline
 
     model_name, texts = _split_model_and_texts(args.texts, args.model, None)
     if not texts:
         raise UserError("embed: give at least one TEXT")
-    model, tokenizer = _load_encoder(model_name)
-    vectors = encode_sentences(model, tokenizer, texts, batch_size=args.batch_size)
+    vectors = pipeline("feature-extraction", model=model_name, batch_size=args.batch_size)(texts)
     for text, v in zip(texts, vectors):
-        print(json.dumps({"text": text, "embedding": [round(x, 6) for x in v.tolist()]}))
+        print(json.dumps({"text": text, "embedding": [round(x, 6) for x in v]}))
 
 
 def cmd_similarity(args) -> None:
-    from bertkit.inference import cosine_similarity, encode_sentences
+    from bertkit.inference.pipeline import pipeline
 
     model_name, texts = _split_model_and_texts(args.texts, args.model, 2)
     if len(texts) != 2:
         raise UserError(f"similarity: expected [MODEL] TEXT_A TEXT_B, got {len(args.texts)} arguments")
-    model, tokenizer = _load_encoder(model_name)
-    a, b = encode_sentences(model, tokenizer, texts)
-    print(json.dumps({"text_a": texts[0], "text_b": texts[1], "cosine": round(cosine_similarity(a, b), 6)}))
+    similarity = pipeline("sentence-similarity", model=model_name)
+    cosine, = similarity({"source_sentence": texts[0], "sentences": [texts[1]]})
+    print(json.dumps({"text_a": texts[0], "text_b": texts[1], "cosine": round(cosine, 6)}))
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -117,115 +131,52 @@ def cmd_tokenizer_train(args) -> None:
     print(json.dumps({"out": str(args.out), "vocab_size": len(tokenizer), "files": len(files), "paragraphs": paragraphs}))
 
 
-def cmd_pretrain(args) -> None:
-    from bertkit.pretrain import PretrainArgs, run_pretraining
+def _given(args, *drop: str) -> dict:
+    """The flags the user gave (subcommands parse with argument_default=SUPPRESS, so the Python function's
+    defaults are the only ones), less the parser's own entries."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", *drop)}
 
-    if args.max_steps is None and args.max_time is None:
-        raise UserError("pretrain: give --max-steps, --max-time or both")
-    training = _training_args(args, max_steps=args.max_steps or 10**9)
-    result = run_pretraining(
-        PretrainArgs(
-            inputs=args.input,
-            tokenizer=args.tokenizer,
-            config=args.config,
-            out_dir=args.out,
-            training=training,
-            seq_len=args.seq_len,
-            pair_task="sop" if args.sop else "none" if args.no_nsp else "nsp",
-            wwm=args.wwm,
-            heldout=args.heldout,
-            cache_dir=args.cache_dir,
-            resume=args.resume,
-            utf8_errors=args.utf8_errors,
-        )
-    )
+
+def _print_on_rank_0(result: dict, keys: tuple[str, ...]) -> None:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
-        keys = ("step", "stop_reason", "eval", "skipped_steps", "elapsed", "train_time", "tokens", "peak_rss_mib")
-        print(json.dumps({k: result[k] for k in keys}))
-
-
-def _training_args(args, **overrides):
-    from bertkit.training import TrainingArgs
-
-    fields = dict(
-        out_dir=args.out, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed, save_every=args.save_every,
-        keep_last=args.keep_last, eval_every=args.eval_every, log_every=args.log_every, precision=args.precision,
-        num_workers=args.workers, progress=not args.no_progress, max_time=args.max_time,
-    )
-    fields.update(overrides)
-    return TrainingArgs(**fields)
-
-
-def _data_args(args):
-    from bertkit.finetune import DataArgs
-
-    return DataArgs(train=getattr(args, "train", None), dev=getattr(args, "dev", None) or getattr(args, "data", None),
-                    dataset=args.dataset, data_dir=args.data_dir, text_column=args.text_column,
-                    pair_column=args.pair_column, label_column=args.label_column, skip_bad_rows=args.skip_bad_rows)
-
-
-def cmd_finetune(args) -> None:
-    from bertkit.finetune import FinetuneArgs, run_finetune
-
-    if args.max_steps is None and args.epochs is None:
-        args.epochs = 3.0
-    training = _training_args(args, max_steps=args.max_steps or 1, epochs=None if args.max_steps else args.epochs)
-    result = run_finetune(FinetuneArgs(
-        task=args.task, model=args.model, out_dir=args.out, data=_data_args(args), training=training,
-        seq_len=args.seq_len, doc_stride=args.doc_stride, max_train_examples=args.max_train_examples,
-        max_eval_examples=args.max_eval_examples, resume=args.resume,
-    ))
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
-        keys = ("step", "stop_reason", "eval", "best", "main_metric", "elapsed", "skipped_steps")
         print(json.dumps({k: result.get(k) for k in keys}))
 
 
+def cmd_pretrain(args) -> None:
+    from bertkit.commands.pretrain import pretrain
+
+    options = _given(args, "no_nsp", "sop")
+    options["pair_task"] = "sop" if getattr(args, "sop", False) else "none" if getattr(args, "no_nsp", False) else "nsp"
+    result = pretrain(**options)
+    _print_on_rank_0(result, ("step", "stop_reason", "eval", "skipped_steps", "elapsed", "train_time", "tokens",
+                              "peak_rss_mib", "out_dir"))
+
+
+def cmd_finetune(args) -> None:
+    from bertkit.commands.finetune import finetune
+
+    result = finetune(**_given(args))
+    _print_on_rank_0(result, ("step", "stop_reason", "eval", "best", "main_metric", "elapsed", "skipped_steps",
+                              "out_dir"))
+
+
 def cmd_evaluate(args) -> None:
-    from bertkit.finetune import run_evaluate
+    from bertkit.commands.finetune import evaluate
 
-    metrics = run_evaluate(args.model, args.task, _data_args(args), args.batch_size, args.max_examples,
-                           backend=args.backend, int8=args.int8)
-    print(json.dumps(metrics))
-
-
-def _read_inputs(args) -> list:
-    rows: list = list(args.texts)
-    if args.input:
-        path = Path(args.input)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise UserError(f"--input {path}: no such file") from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"--input {path}: not UTF-8 ({e.reason})") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: bad JSON ({e.msg})") from None
-            else:
-                rows.append(line)
-    if not rows:
-        raise UserError("predict: give TEXT arguments or --input FILE")
-    return rows
+    print(json.dumps(evaluate(**_given(args))))
 
 
 def cmd_predict(args) -> None:
-    from bertkit.inference.pipeline import Pipeline
+    from bertkit.commands.predict import predict
 
-    pipe = Pipeline(args.model, batch_size=args.batch_size, backend=args.backend, int8=args.int8)
-    rows = _read_inputs(args)
-    if pipe.task.name == "question-answering":
-        bad = [i for i, r in enumerate(rows, 1) if not (isinstance(r, dict) and {"question", "context"} <= set(r))]
-        if bad:
-            raise UserError(f"input {bad[0]}: question answering needs JSON lines with \"question\" and \"context\"")
-    for row, result in zip(rows, pipe(rows, all_scores=args.all_scores)):
-        shown = row if isinstance(row, dict) else {"text": row}
-        print(json.dumps({**shown, **result}, ensure_ascii=False))
+    options = _given(args)
+    if "top_k" in options and options["top_k"] == "all":
+        options["top_k"] = None
+    elif "top_k" in options:
+        options["top_k"] = _positive_int(options["top_k"])
+    if "ignore_labels" in options:
+        options["ignore_labels"] = [x for x in options["ignore_labels"].split(",") if x]
+    predict(**options)
 
 
 def cmd_export_onnx(args) -> None:
@@ -243,7 +194,7 @@ def cmd_export_onnx(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from bertkit.demo import run_demo
+    from bertkit.commands.demo import run_demo
 
     run_demo(out_dir=args.out, minutes=args.minutes, data_dir=args.data_dir)
 
@@ -255,25 +206,27 @@ def cmd_data_download(args) -> None:
     print(json.dumps({"dataset": args.name, "path": str(path)}))
 
 
-def _add_training_flags(s, lr: float, batch_size: int, save_every: int, eval_every: int) -> None:
+def _add_training_flags(s, lr: float, save_every: int, eval_every: int, seq_len: str = "128") -> None:
+    """The training loop's flags. Unset flags are not passed on (argument_default=SUPPRESS): the Python
+    function's defaults apply, and the help states them."""
     s.add_argument("--max-time", type=float, metavar="SECONDS", help="wall-clock budget (across resumes)")
-    s.add_argument("--batch-size", type=_positive_int, default=batch_size, help="per process")
-    s.add_argument("--grad-accum", type=_positive_int, default=1)
-    s.add_argument("--seq-len", type=_positive_int, default=128)
-    s.add_argument("--lr", type=float, default=lr)
-    s.add_argument("--warmup", type=float, default=0.06, help="< 1: fraction of the steps; >= 1: steps")
-    s.add_argument("--weight-decay", type=float, default=0.01)
-    s.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--save-every", type=int, default=save_every, metavar="STEPS")
-    s.add_argument("--keep-last", type=int, default=2, metavar="K")
-    s.add_argument("--eval-every", type=int, default=eval_every, metavar="STEPS", help="0: at the end")
-    s.add_argument("--log-every", type=_positive_int, default=10, metavar="STEPS")
+    s.add_argument("--batch-size", type=_positive_int, help="per process (default 32)")
+    s.add_argument("--grad-accum", type=_positive_int, help="micro-steps per optimizer step (default 1)")
+    s.add_argument("--seq-len", type=_positive_int, help=f"tokens per sequence (default {seq_len})")
+    s.add_argument("--lr", type=float, help=f"peak learning rate (default {lr:g})")
+    s.add_argument("--warmup", type=float, help="< 1: fraction of the steps; >= 1: steps (default 0.06)")
+    s.add_argument("--weight-decay", type=float, help="(default 0.01)")
+    s.add_argument("--optimizer", choices=["adamw", "lamb"], help="(default adamw)")
+    s.add_argument("--seed", type=int, help="(default 0)")
+    s.add_argument("--save-every", type=int, metavar="STEPS", help=f"checkpoint interval (default {save_every})")
+    s.add_argument("--keep-last", type=int, metavar="K", help="checkpoints kept (default 2)")
+    s.add_argument("--eval-every", type=int, metavar="STEPS", help=f"0: at the end (default {eval_every})")
+    s.add_argument("--log-every", type=_positive_int, metavar="STEPS", help="(default 10)")
     s.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                    help="continue from the latest checkpoint under --out (or from CKPT)")
-    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    s.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="(default auto)")
+    s.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers (default 0)")
+    s.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
 
 
 def _add_data_flags(s, file_flags: tuple[str, ...]) -> None:
@@ -289,8 +242,8 @@ def _add_data_flags(s, file_flags: tuple[str, ...]) -> None:
 
 
 def _add_backend_flags(s) -> None:
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="onnx: ONNX Runtime on the model's exported graph (exported once if missing)")
+    s.add_argument("--backend", choices=("torch", "onnx"),
+                   help="torch (default) or onnx: ONNX Runtime on the model's exported graph (exported once)")
     s.add_argument("--int8", action="store_true", help="int8 Linear weights, dynamic quantization (CPU)")
 
 
@@ -333,35 +286,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace: drop bytes that are not UTF-8 (warned) instead of stopping")
     t.set_defaults(func=cmd_tokenizer_train)
 
-    tasks = ["text-classification", "token-classification", "question-answering"]
-    s = sub.add_parser("finetune", help="fine-tune a task head on labelled data")
-    s.add_argument("--task", choices=tasks, help="implied by --dataset")
-    s.add_argument("--model", default=DEFAULT_MODEL, help=f"pretrained directory or name (default {DEFAULT_MODEL})")
-    s.add_argument("--out", type=Path, required=True, metavar="DIR")
+    from bertkit.tasks import task_names
+
+    quiet = argparse.SUPPRESS
+    s = sub.add_parser("finetune", help="fine-tune a task head on labelled data", argument_default=quiet,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FINETUNE_EXAMPLES)
+    s.add_argument("--task", choices=task_names(trainable_only=True), help="implied by --dataset")
+    s.add_argument("--model", help=f"pretrained directory or name (default {DEFAULT_MODEL})")
+    s.add_argument("--out", required=True, metavar="DIR")
     _add_data_flags(s, ("--train", "--dev"))
     s.add_argument("--epochs", type=float, help="passes over the training data (default 3 unless --max-steps)")
     s.add_argument("--max-steps", type=_positive_int)
     s.add_argument("--max-train-examples", type=_positive_int)
     s.add_argument("--max-eval-examples", type=_positive_int)
-    s.add_argument("--doc-stride", type=_positive_int, default=128, help="question answering: window overlap")
-    _add_training_flags(s, lr=5e-5, batch_size=32, save_every=0, eval_every=0)
+    s.add_argument("--doc-stride", type=_positive_int, help="question answering: window overlap (default 128)")
+    _add_training_flags(s, lr=5e-5, save_every=0, eval_every=0, seq_len="128; 384 for question answering")
     s.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("evaluate", help="metrics of a fine-tuned model on labelled data (JSON on the last line)")
+    s = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON on the last line)",
+                       argument_default=quiet, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=EVALUATE_EXAMPLES)
     s.add_argument("--model", required=True, metavar="DIR")
-    s.add_argument("--task", choices=tasks)
+    s.add_argument("--task", choices=task_names(), help="default: the model's (its config)")
     _add_data_flags(s, ("--data",))
-    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--batch-size", type=_positive_int, help="(default 64)")
     s.add_argument("--max-examples", type=_positive_int)
     _add_backend_flags(s)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("predict", help="predictions of a fine-tuned model as JSON lines")
-    s.add_argument("texts", nargs="*", metavar="TEXT")
+    s = sub.add_parser("predict", help="a model's pipeline on texts or a file, one JSON line per input",
+                       argument_default=quiet, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=PREDICT_EXAMPLES)
+    s.add_argument("texts", nargs="*", metavar="TEXT", default=[])
     s.add_argument("--model", required=True, metavar="DIR")
-    s.add_argument("--input", metavar="FILE", help="one text a line, or JSON lines (text/text_pair, question/context)")
-    s.add_argument("--all-scores", action="store_true", help="classification: the score of every label")
-    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--task", choices=task_names(), help="default: the model's (its config)")
+    s.add_argument("--input", metavar="FILE", help="one text a line, JSON lines (the task's fields), or TSV/CSV "
+                                                  "with a header")
+    s.add_argument("--output", metavar="FILE", help="JSON lines, in input order (default: stdout)")
+    s.add_argument("--top-k", metavar="K|all", help="classification, fill-mask, question answering: results per input")
+    s.add_argument("--function-to-apply", choices=("softmax", "sigmoid", "none"), help="classification scores")
+    s.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"),
+                   help="token classification: tokens, or words grouped into entities (default first)")
+    s.add_argument("--word-splitter", choices=("treebank", "bert"),
+                   help="token classification: how raw text splits into words (default treebank, as CoNLL)")
+    s.add_argument("--ignore-labels", metavar="A,B", help="token classification: labels left out (default O)")
+    s.add_argument("--doc-stride", type=_positive_int, help="question answering: window overlap")
+    s.add_argument("--max-answer-len", type=_positive_int, help="question answering: tokens (default 15)")
+    s.add_argument("--handle-impossible-answer", action="store_true", help="question answering: allow no answer")
+    s.add_argument("--batch-size", type=_positive_int, help="(default 64)")
+    s.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
     _add_backend_flags(s)
     s.set_defaults(func=cmd_predict)
 
@@ -387,20 +360,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", help="datasets folder (default $BERTKIT_DATA_DIR or ../shared/data)")
     d.set_defaults(func=cmd_data_download)
 
-    s = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) on raw text")
+    s = sub.add_parser("pretrain", help="pretrain BERT (MLM + NSP) on raw text", argument_default=quiet,
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PRETRAIN_EXAMPLES)
     s.add_argument("--input", nargs="+", required=True, metavar="PATH", help="text files or folders (UTF-8)")
     s.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory or model name")
     s.add_argument("--config", required=True, metavar="PRESET|FILE", help="tiny|mini|small|medium|base|large or a config.json")
-    s.add_argument("--out", type=Path, required=True, metavar="DIR")
+    s.add_argument("--out", required=True, metavar="DIR")
     s.add_argument("--max-steps", type=_positive_int)
-    _add_training_flags(s, lr=1e-4, batch_size=32, save_every=500, eval_every=500)
+    _add_training_flags(s, lr=1e-4, save_every=500, eval_every=500)
     s.add_argument("--wwm", action="store_true", help="whole-word masking")
     pair = s.add_mutually_exclusive_group()
     pair.add_argument("--no-nsp", action="store_true", help="MLM only")
     pair.add_argument("--sop", action="store_true", help="sentence-order prediction instead of NSP")
-    s.add_argument("--heldout", type=float, default=0.05, help="share of documents held out for evaluation")
-    s.add_argument("--utf8-errors", choices=["strict", "replace"], default="strict",
-                   help="replace: drop bytes that are not UTF-8 (warned) instead of stopping")
+    s.add_argument("--heldout", type=float, help="share of documents held out for evaluation (default 0.05)")
+    s.add_argument("--utf8-errors", choices=["strict", "replace"],
+                   help="replace: drop bytes that are not UTF-8 (warned) instead of stopping (default strict)")
     s.add_argument("--cache-dir", help="tokenized-data cache (default $BERTKIT_CACHE_DIR or ~/.cache/bertkit)")
     s.set_defaults(func=cmd_pretrain)
     return p

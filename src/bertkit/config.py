@@ -60,6 +60,12 @@ class BertConfig:
         self.id2label = {i: f"LABEL_{i}" for i in range(n)}
         self.label2id = {v: k for k, v in self.id2label.items()}
 
+    def label_names(self) -> list[str]:
+        """Label names in id order; LABEL_i where the config names none (transformers 5 saves no id2label for
+        its default two labels, and reads them back as LABEL_0, LABEL_1)."""
+        names = self.id2label or {}
+        return [names.get(i, f"LABEL_{i}") for i in range(self.num_labels)]
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads

@@ -275,6 +275,11 @@ class BertTokenizer:
         skip = set(self.all_special_ids) if skip_special_tokens else set()
         return [self._backend.id_to_token(int(i)) for i in ids if int(i) not in skip]
 
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """WordPiece tokens joined back into text: "##" continuations glued to the piece before (as transformers'
+        BertTokenizer)."""
+        return " ".join(tokens).replace(" ##", "").strip()
+
     # ---- encoding ------------------------------------------------------------------------------------------
 
     def __call__(

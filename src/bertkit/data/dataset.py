@@ -47,16 +47,13 @@ from bertkit.data.pretraining import (
     tokenize_document,
 )
 from bertkit.data.text import DataError, iter_documents, list_files, read_document
+from bertkit.settings import cache_dir as resolve_cache_dir
 from bertkit.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the layout or the recipe changes, so old caches are not read
 PARALLEL_MIN_BYTES = 64 << 20  # smaller corpora are tokenized in-process (see build_or_load)
 INSTANCES_PER_SHARD = 1 << 16  # ~8M tokens at length 128: a shard is built in memory before it is written
 _ARRAYS = ("input_ids", "word_start", "offsets", "b_start", "label", "document", "b_document")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BERTKIT_CACHE_DIR") or Path.home() / ".cache" / "bertkit")
 
 
 def cache_key(files: Iterable[Path], tokenizer: Tokenizer, settings: PretrainingSettings) -> str:
@@ -93,7 +90,7 @@ def build_or_load(
     settings.check()
     files = list_files(paths)
     tokenizer = plain_tokenizer(tokenizer)
-    directory = Path(cache_dir or default_cache_dir()) / f"pretraining-{cache_key(files, tokenizer, settings)[:32]}"
+    directory = resolve_cache_dir(cache_dir) / f"pretraining-{cache_key(files, tokenizer, settings)[:32]}"
     if not (directory / "manifest.json").is_file():
         if workers is None:
             large = sum(p.stat().st_size for p in files) >= PARALLEL_MIN_BYTES

@@ -1,6 +1,6 @@
-"""Inference: batching by length and sentence embeddings."""
+"""Inference: `pipeline()` over the task registry, backends (PyTorch, ONNX Runtime, int8)."""
 
-from bertkit.inference.batching import length_sorted_batches
-from bertkit.inference.embeddings import cosine_similarity, encode_sentences, mean_pool
+from bertkit.tasks.common import length_sorted_batches
+from bertkit.tasks.embeddings import cosine_similarity, encode_sentences, mean_pool
 
 __all__ = ["length_sorted_batches", "encode_sentences", "mean_pool", "cosine_similarity"]

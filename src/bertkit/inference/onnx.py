@@ -187,7 +187,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 def onnx_for(model_dir: str | os.PathLike, int8: bool = False) -> Path:
     """The ONNX file for a checkpoint: `model.onnx` / `model_int8.onnx` in its directory when present (what
     `bertkit export onnx` writes by default), else exported once into the cache, keyed by the checkpoint files."""
-    from bertkit.data.dataset import default_cache_dir
+    from bertkit.settings import cache_dir
 
     name = "model_int8.onnx" if int8 else "model.onnx"
     local = Path(model_dir) / name
@@ -197,7 +197,7 @@ def onnx_for(model_dir: str | os.PathLike, int8: bool = False) -> Path:
     files = [Path(model_dir, f).resolve() for f in ("config.json", "model.safetensors", "pytorch_model.bin")]
     stats = [(str(p), st.st_size, st.st_mtime_ns) for p in files if p.exists() for st in [p.stat()]]
     digest = hashlib.sha256(repr(stats).encode()).hexdigest()
-    cached = default_cache_dir() / "onnx" / digest[:16] / name
+    cached = cache_dir() / "onnx" / digest[:16] / name
     if not cached.exists():
         print(f"bertkit: exporting {model_dir} to {cached} (once)", file=sys.stderr)
         export_onnx(model_dir, cached, int8=int8)

@@ -1,61 +1,86 @@
-"""`bertkit.pipeline(task, model=DIR)`: predictions from a fine-tuned checkpoint on plain Python inputs."""
+"""`bertkit.pipeline(task, model=DIR)`: any registered task on plain Python inputs, shaped as transformers' pipelines.
+
+    classify = bertkit.pipeline("text-classification", model="runs/sst2")
+    classify("I love this movie!")                  # [{"label": "positive", "score": 0.99...}]
+    ner = bertkit.pipeline(model="runs/conll", aggregation_strategy="simple")
+    ner("Peter Blackburn lives in Brussels.")       # [{"entity_group": "PER", "score": ..., "word": ..., ...}]
+
+The task comes from the checkpoint's config (`finetuning_task`, else its architecture) unless given; keyword
+arguments that are not loading options become the call's defaults, as in transformers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+
+import torch
 
 from bertkit.errors import UserError
 
 
+def load(model: str | os.PathLike, task: str | None = None, backend: str = "torch", int8: bool = False,
+         device: str | torch.device | None = None, **task_options):
+    """(task, model) for a checkpoint directory or bundled name: the registered task built from its config and
+    the model it runs, on `device`; `backend="onnx"` runs it under ONNX Runtime (exported once, see
+    `inference.onnx.onnx_for`), `int8` with int8 Linear weights (either backend, CPU)."""
+    from bertkit.checkpoint import resolve_model_dir
+    from bertkit.config import BertConfig
+    from bertkit.tasks import task_for_config
+    from bertkit.tokenization import BertTokenizer
+
+    if backend not in ("torch", "onnx"):
+        raise UserError(f"backend={backend!r}: expected torch or onnx")
+    if (backend != "torch" or int8) and device not in (None, "cpu"):
+        raise UserError(f"backend={backend!r}, int8={int8}: CPU only; device={device!r} needs backend='torch'")
+    directory = resolve_model_dir(model)
+    config = BertConfig.from_pretrained(directory)
+    task_class = task_for_config(config, task, where=str(model))
+    the_task = task_class.from_config(BertTokenizer.from_pretrained(directory), config, **task_options)
+    if backend == "onnx":
+        from bertkit.inference.onnx import OnnxModel, onnx_for
+
+        arch = (config.architectures or ["BertModel"])[0]
+        if arch != the_task.model_class_name:
+            raise UserError(f"backend='onnx' runs a checkpoint as its own architecture ({arch}); "
+                            f"{task_class.name} needs {the_task.model_class_name}")
+        return the_task, OnnxModel(onnx_for(directory, int8=int8))
+    net = the_task.model_class.from_pretrained(directory, config=config)
+    if int8:
+        from bertkit.inference.onnx import quantize_int8
+
+        net = quantize_int8(net)
+    elif device is not None:
+        net.to(device)
+    return the_task, net.eval()
+
+
 class Pipeline:
-    """Callable on one input or a list; returns one result (a dict) per input, in input order.
+    """A task and its model; called on one input or a list, it returns what transformers' pipeline of that task
+    returns (one result for one input, a list of results for a list), in input order."""
 
-    text-classification: "text" or {"text", "text_pair"} -> {"label", "score"} (+ "scores" with all_scores=True);
-    token-classification: "text" -> {"entities": [{"type", "text", "start", "end"}]};
-    question-answering: {"question", "context"} -> {"answer", "start", "end", "score"}.
+    def __init__(self, task, model, batch_size: int = 64, **defaults):
+        self.task, self.model, self.batch_size, self.defaults = task, model, batch_size, defaults
+        self.tokenizer = task.tokenizer
 
-    `backend="onnx"` runs the model under ONNX Runtime; `int8=True` runs it with int8 Linear weights (either
-    backend, CPU)."""
-
-    def __init__(self, model_dir: str, task: str | None = None, batch_size: int = 64, device: str | None = None,
-                 backend: str = "torch", int8: bool = False):
-        from bertkit.finetune import load_trained
-
-        if (backend != "torch" or int8) and device not in (None, "cpu"):
-            raise UserError(f"backend={backend!r}, int8={int8}: CPU only; device={device!r} needs backend='torch'")
-        self.task, self.model, self.tokenizer = load_trained(model_dir, backend=backend, int8=int8)
-        if task is not None and task != self.task.name:
-            raise UserError(f"{model_dir} is a {self.task.name} model, not {task}")
-        if device:
-            self.model.to(device)
-        self.model.eval()
-        self.batch_size = batch_size
-
-    def __call__(self, inputs, all_scores: bool = False):
-        single = isinstance(inputs, (str, dict))
-        rows = [inputs] if single else list(inputs)
-        if self.task.name == "text-classification":
-            results = self.task.predict(self.model, _text_examples(rows), self.batch_size, all_scores=all_scores)
-        else:
-            results = self.task.predict(self.model, rows, self.batch_size)
-        return results[0] if single else results
+    def __call__(self, inputs=None, **params):
+        params = {**self.defaults, **params}
+        rows, single = self.task.call_inputs(inputs, params)
+        examples = [self.task.example(row, f"input {i}") for i, row in enumerate(rows, 1)]
+        results = self.task.predict(self.model, examples, self.batch_size, **params) if examples else []
+        return self.task.shape_output(results, single, params)
 
 
-def _text_examples(rows: Sequence) -> list:
-    from bertkit.tasks.examples import TextExample
-
-    out = []
-    for i, row in enumerate(rows):
-        if isinstance(row, str):
-            out.append(TextExample(row, None, None, f"input {i + 1}"))
-        elif isinstance(row, dict) and "text" in row:
-            out.append(TextExample(row["text"], row.get("text_pair"), None, f"input {i + 1}"))
-        else:
-            raise UserError(f"input {i + 1}: expected a text or {{'text': ..., 'text_pair': ...}}, got {row!r:.80}")
-    return out
+LOADING_OPTIONS = ("backend", "int8", "device")
 
 
-def pipeline(task: str | None = None, model: str = "", **kwargs) -> Pipeline:
+def pipeline(task: str | None = None, model: str | os.PathLike | None = None, batch_size: int = 64,
+             **kwargs) -> Pipeline:
+    """transformers' `pipeline(task, model=...)` for bertkit checkpoints. `backend`, `int8` and `device` choose
+    how the model runs; `max_length` (and, for question answering, `doc_stride`) override the saved settings;
+    every other keyword is a default of each call (`top_k`, `aggregation_strategy`, `word_splitter`, ...)."""
     if not model:
-        raise UserError("pipeline(task, model=DIR): give a fine-tuned checkpoint directory")
-    return Pipeline(model, task, **kwargs)
+        raise UserError("pipeline(task, model=DIR): give a checkpoint directory or a bundled model name")
+    loading = {k: kwargs.pop(k) for k in LOADING_OPTIONS if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("max_length", "doc_stride") if k in kwargs}
+    the_task, net = load(model, task, **loading, **options)
+    return Pipeline(the_task, net, batch_size, **kwargs)

@@ -1,4 +1,8 @@
-"""Task heads on BertModel. Each computes its own loss when labels are given, exactly as transformers does."""
+"""Task heads on BertModel. Each computes its own loss when labels are given, exactly as transformers does.
+
+`reduction="mean"` (the default) is transformers' loss; `reduction="sum"` is the same loss summed over the
+examples (tokens for MLM and NER, windows for QA), so a training loop can divide by the count of a whole
+global batch. The loss is written once, here; the tasks' objectives call the head with `reduction="sum"`."""
 
 from __future__ import annotations
 
@@ -65,9 +69,10 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not IGNORE_INDEX."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over positions whose label is not IGNORE_INDEX (their mean, or sum)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)
 
 
 def mlm_logits(head: BertLMPredictionHead, hidden: torch.Tensor, labels: torch.Tensor | None, sparse: bool):
@@ -114,6 +119,7 @@ class BertForPreTraining(_MLMTied):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         sparse_mlm: bool = False,  # with labels: run the MLM head only where labels != IGNORE_INDEX
+        reduction: str = "mean",  # "sum": each loss summed over masked tokens / sentence pairs
     ) -> PreTrainingOutput:
         out = self.bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
@@ -122,10 +128,10 @@ class BertForPreTraining(_MLMTied):
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
         loss = lm = ns = None
         if labels is not None:
-            lm = mlm_loss(prediction_logits, mlm_targets)
+            lm = mlm_loss(prediction_logits, mlm_targets, reduction)
             loss = lm
         if next_sentence_label is not None:
-            ns = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
+            ns = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1), reduction=reduction)
             loss = ns if loss is None else loss + ns
         return PreTrainingOutput(loss, prediction_logits, nsp_logits, lm, ns, out.hidden_states, out.attentions)
 
@@ -148,12 +154,13 @@ class BertForMaskedLM(_MLMTied):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         sparse_mlm: bool = False,  # with labels: run the MLM head only where labels != IGNORE_INDEX
+        reduction: str = "mean",
     ) -> MaskedLMOutput:
         out = self.bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
         )
         logits, targets = mlm_logits(self.cls.predictions, out.last_hidden_state, labels, sparse_mlm)
-        loss = mlm_loss(logits, targets) if labels is not None else None
+        loss = mlm_loss(logits, targets, reduction) if labels is not None else None
         return MaskedLMOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -174,11 +181,12 @@ class BertForNextSentencePrediction(BertPreTrainedModel):
         labels: torch.Tensor | None = None,  # (B,) 0 = B follows A, 1 = B is random
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        reduction: str = "mean",
     ) -> NextSentencePredictorOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states,
                         output_attentions, cls_only=True)  # the pooled [CLS] vector is all this head reads
         logits = self.cls.seq_relationship(out.pooler_output)  # (B, 2)
-        loss = F.cross_entropy(logits.float(), labels.reshape(-1)) if labels is not None else None
+        loss = F.cross_entropy(logits.float(), labels.reshape(-1), reduction=reduction) if labels is not None else None
         return NextSentencePredictorOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -187,8 +195,12 @@ def classifier_dropout(config: BertConfig) -> nn.Dropout:
     return nn.Dropout(p)
 
 
-def sequence_classification_loss(config: BertConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Regression, single- or multi-label classification, chosen as transformers does and recorded in the config."""
+def sequence_classification_loss(config: BertConfig, logits: torch.Tensor, labels: torch.Tensor,
+                                  reduction: str = "mean") -> torch.Tensor:
+    """Regression, single- or multi-label classification, chosen as transformers does and recorded in the config.
+
+    With `reduction="sum"` the sum over examples; a multi-label example's loss is the mean over its labels, so the
+    sum divided by the examples is transformers' mean."""
     if config.problem_type is None:
         if config.num_labels == 1:
             config.problem_type = "regression"
@@ -198,12 +210,14 @@ def sequence_classification_loss(config: BertConfig, logits: torch.Tensor, label
             config.problem_type = "multi_label_classification"
     if config.problem_type == "regression":
         if config.num_labels == 1:
-            return F.mse_loss(logits.squeeze().float(), labels.squeeze().float())
-        return F.mse_loss(logits.float(), labels.float())
+            return F.mse_loss(logits.squeeze().float(), labels.squeeze().float(), reduction=reduction)
+        per_value = F.mse_loss(logits.float(), labels.float(), reduction="none")  # (B, C)
+        return per_value.mean() if reduction == "mean" else per_value.mean(-1).sum()
     if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, config.num_labels).float(), labels.view(-1))
+        return F.cross_entropy(logits.view(-1, config.num_labels).float(), labels.view(-1), reduction=reduction)
     if config.problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        per_label = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")  # (B, C)
+        return per_label.mean() if reduction == "mean" else per_label.mean(-1).sum()
     raise ValueError(f"unknown problem_type {config.problem_type!r}")
 
 
@@ -228,11 +242,12 @@ class BertForSequenceClassification(BertPreTrainedModel):
         labels: torch.Tensor | None = None,  # (B,) class ids, (B,) floats for regression, (B, C) multi-hot
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        reduction: str = "mean",
     ) -> SequenceClassifierOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states,
                         output_attentions, cls_only=True)  # the pooled [CLS] vector is all this head reads
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, C)
-        loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
+        loss = sequence_classification_loss(self.config, logits, labels, reduction) if labels is not None else None
         return SequenceClassifierOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -256,6 +271,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
         labels: torch.Tensor | None = None,  # (B,) index of the right choice
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        reduction: str = "mean",
     ) -> MultipleChoiceModelOutput:
         B, C = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
 
@@ -273,7 +289,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
             cls_only=True,
         )
         logits = self.classifier(self.dropout(out.pooler_output)).view(B, C)  # (B, C)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = F.cross_entropy(logits.float(), labels, reduction=reduction) if labels is not None else None
         return MultipleChoiceModelOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -298,6 +314,7 @@ class BertForTokenClassification(BertPreTrainedModel):
         labels: torch.Tensor | None = None,  # (B, L)
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        reduction: str = "mean",  # "sum": over labelled tokens
     ) -> TokenClassifierOutput:
         out = self.bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
@@ -305,7 +322,8 @@ class BertForTokenClassification(BertPreTrainedModel):
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, L, C)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction=reduction)
         return TokenClassifierOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -329,6 +347,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         end_positions: torch.Tensor | None = None,  # (B,)
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        reduction: str = "mean",  # "sum": over windows
     ) -> QuestionAnsweringOutput:
         out = self.bert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states, output_attentions
@@ -342,7 +361,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             start = start_positions.reshape(-1).clamp(0, L)
             end = end_positions.reshape(-1).clamp(0, L)
             loss = (
-                F.cross_entropy(start_logits.float(), start, ignore_index=L)
-                + F.cross_entropy(end_logits.float(), end, ignore_index=L)
+                F.cross_entropy(start_logits.float(), start, ignore_index=L, reduction=reduction)
+                + F.cross_entropy(end_logits.float(), end, ignore_index=L, reduction=reduction)
             ) / 2
         return QuestionAnsweringOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions)

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bertkit.errors import UserError
+from bertkit.tasks import register
+from bertkit.tasks.base import UNSET, HeadLoss, Task, check_params
 from bertkit.tasks.common import pad_batch, run_model
 from bertkit.tasks.examples import TextExample
 
@@ -32,8 +33,7 @@ class LabelSpace:
     @classmethod
     def from_config(cls, config) -> LabelSpace:
         problem = config.problem_type or (REGRESSION if config.num_labels == 1 else SINGLE)
-        labels = None if problem == REGRESSION else [config.id2label[i] for i in range(config.num_labels)]
-        return cls(problem, labels)
+        return cls(problem, None if problem == REGRESSION else config.label_names())
 
 
 def _is_number(x) -> bool:
@@ -117,44 +117,9 @@ def prepare_features(examples: Sequence[TextExample], tokenizer, space: LabelSpa
     return features, kept
 
 
-def collate(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-    return pad_batch(rows, token_labels=False)
-
-
-class ClassificationObjective:
-    """Summed losses over examples (the loop divides by the global example count)."""
-
-    def __init__(self, space: LabelSpace):
-        self.space = space
-
-    def counts(self, batch: dict) -> dict[str, float]:
-        return {"loss": float(batch["labels"].shape[0])}
-
-    def __call__(self, model, batch: dict):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"])
-        logits, labels = out.logits.float(), batch["labels"]
-        if self.space.problem_type == REGRESSION:
-            loss = F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
-            stats = {}
-        elif self.space.problem_type == MULTI:
-            loss = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(-1).sum()
-            stats = {"correct": float(((logits > 0) == labels.bool()).all(-1).sum())}
-        else:
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            stats = {"correct": float((logits.argmax(-1) == labels).sum())}
-        return {"loss": loss}, stats
-
-    def report(self, sums: dict, counts: dict) -> dict[str, float]:
-        r = {"loss": sums["loss"] / max(counts["loss"], 1.0)}
-        if "correct" in sums:
-            r["accuracy"] = sums["correct"] / max(counts["loss"], 1.0)
-        return r
-
-
 def predict_logits(model, features, batch_size: int = 64) -> torch.Tensor:
     """(N, num_labels) logits in input order."""
-    return torch.stack(run_model(model, features, collate, batch_size))
+    return torch.stack(run_model(model, features, lambda rows: pad_batch(rows), batch_size))
 
 
 def metrics(logits: torch.Tensor, labels: list, space: LabelSpace) -> dict[str, float]:
@@ -167,54 +132,110 @@ def metrics(logits: torch.Tensor, labels: list, space: LabelSpace) -> dict[str, 
     return classification_metrics(logits.argmax(-1).tolist(), labels, num_labels=space.num_labels)
 
 
-def decode(logits: torch.Tensor, space: LabelSpace, all_scores: bool = False) -> list[dict]:
-    """Per row: {"label", "score"} (+ "scores" for every label); regression: {"score"}; multi-label: the labels
-    whose sigmoid is above 0.5."""
+FUNCTIONS = ("softmax", "sigmoid", "none")
+
+
+def default_function(space: LabelSpace) -> str:
+    """transformers' rule: nothing for regression, sigmoid for multi-label or a single output, else softmax."""
+    if space.problem_type == REGRESSION:
+        return "none"
+    return "sigmoid" if space.problem_type == MULTI or space.num_labels == 1 else "softmax"
+
+
+def decode(logits: torch.Tensor, names: Sequence[str], function: str, top_k=UNSET) -> list:
+    """Per row, as transformers' text-classification pipeline: without `top_k`, the best {"label", "score"};
+    with it, the `top_k` best (None: every label) as a list, best first."""
+    if function not in FUNCTIONS:
+        raise UserError(f"function_to_apply={function!r}: expected one of {', '.join(FUNCTIONS)}")
+    scores = {"softmax": lambda x: x.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda x: x}[function](logits.float())
     rows = []
-    for row in logits:
-        if space.problem_type == REGRESSION:
-            rows.append({"score": round(row.item(), 6)})
+    for row in scores.tolist():
+        if top_k is UNSET:
+            best = max(range(len(row)), key=row.__getitem__)
+            rows.append({"label": names[best], "score": row[best]})
             continue
-        probs = torch.sigmoid(row) if space.problem_type == MULTI else row.softmax(-1)
-        if space.problem_type == MULTI:
-            out = {"labels": [space.labels[i] for i in range(len(row)) if probs[i] > 0.5]}
-        else:
-            best = int(probs.argmax())
-            out = {"label": space.labels[best], "score": round(probs[best].item(), 6)}
-        if all_scores or space.problem_type == MULTI:
-            out["scores"] = {space.labels[i]: round(p, 6) for i, p in enumerate(probs.tolist())}
-        rows.append(out)
+        ranked = sorted(({"label": names[i], "score": v} for i, v in enumerate(row)), key=lambda d: -d["score"])
+        rows.append(ranked if top_k is None else ranked[:top_k])
     return rows
 
 
-class ClassificationTask:
-    """text-classification for the fine-tuning loop, `bertkit evaluate` and `bertkit predict`."""
+@register
+class TextClassificationTask(Task):
+    """text-classification: one text or a pair -> classes, several labels, or a score (regression)."""
 
     name = "text-classification"
+    model_class_name = "BertForSequenceClassification"
+    architectures = ("BertForSequenceClassification",)
+    trainable = True
+    input_help = '"text", or {"text": ..., "text_pair": ...}'
 
-    def __init__(self, tokenizer, max_length: int, space: LabelSpace, main_metric: str | None = None):
-        self.tokenizer, self.max_length, self.space = tokenizer, max_length, space
+    def __init__(self, tokenizer, space: LabelSpace, max_length: int | None = None, main_metric: str | None = None):
+        super().__init__(tokenizer, max_length)
+        self.space = space
         self.main_metric = main_metric or {REGRESSION: "spearman", MULTI: "f1"}.get(space.problem_type, "accuracy")
-        self.objective = ClassificationObjective(space)
-        self.collate = collate
 
-    @property
-    def model_class(self):
-        from bertkit.modeling import BertForSequenceClassification
+    @classmethod
+    def for_training(cls, tokenizer, examples, dataset=None, max_length=None, **options):
+        labels = dataset.labels if dataset is not None else None
+        regression = dataset.is_regression if dataset is not None else None
+        return cls(tokenizer, infer_label_space(examples, labels, regression), max_length,
+                   getattr(dataset, "main_metric", None))
 
-        return BertForSequenceClassification
+    @classmethod
+    def from_config(cls, tokenizer, config, max_length=None, **options):
+        return cls(tokenizer, LabelSpace.from_config(config), max_length or config.extra.get("max_seq_length"),
+                   config.extra.get("main_metric"))
 
     def config_fields(self) -> dict:
         return self.space.config_fields()
 
-    def features(self, examples, skip_bad_rows: bool = False) -> list[dict]:
-        return prepare_features(examples, self.tokenizer, self.space, self.max_length, skip_bad_rows)[0]
+    def config_extra(self) -> dict:
+        return {**super().config_extra(), "main_metric": self.main_metric}
+
+    @classmethod
+    def read(cls, path, data):
+        from bertkit.tasks import readers
+
+        return readers.read_text_examples(path, text_column=data.text_column, pair_column=data.pair_column,
+                                          label_column=data.label_column, skip_bad_rows=data.skip_bad_rows)
+
+    def features(self, examples, train: bool = True, skip_bad_rows: bool = False) -> list[dict]:
+        space = self.space if train else None
+        return prepare_features(examples, self.tokenizer, space, self.max_length, skip_bad_rows)[0]
+
+    @property
+    def objective(self) -> HeadLoss:
+        if self.space.problem_type == REGRESSION:
+            return HeadLoss(("labels",), lambda b: b["labels"].shape[0])
+        if self.space.problem_type == MULTI:
+            correct = lambda out, b: ((out.logits > 0) == b["labels"].bool()).all(-1).sum()  # noqa: E731
+        else:
+            correct = lambda out, b: (out.logits.argmax(-1) == b["labels"]).sum()  # noqa: E731
+        return HeadLoss(("labels",), lambda b: b["labels"].shape[0], correct)
 
     def evaluate(self, model, examples, features=None, batch_size: int = 64) -> dict[str, float]:
         if features is None:
             features = self.features(examples)
         return metrics(predict_logits(model, features, batch_size), [f["labels"] for f in features], self.space)
 
-    def predict(self, model, examples, batch_size: int = 64, all_scores: bool = False) -> list[dict]:
+    def example(self, value, where: str) -> TextExample:
+        if isinstance(value, str):
+            return TextExample(value, None, None, where)
+        if isinstance(value, dict) and isinstance(value.get("text"), str) and \
+                isinstance(value.get("text_pair"), (str, type(None))):
+            return TextExample(value["text"], value.get("text_pair"), None, where)
+        raise UserError(f"{where}: expected a text or {{\"text\": ..., \"text_pair\": ...}}, got {value!r:.80}")
+
+    def predict(self, model, examples, batch_size: int = 64, top_k=UNSET, function_to_apply: str | None = None,
+                **params) -> list:
+        check_params(self.name, params, ())
         features, _ = prepare_features(examples, self.tokenizer, None, self.max_length)
-        return decode(predict_logits(model, features, batch_size), self.space, all_scores)
+        names = self.space.labels or ["score"]
+        return decode(predict_logits(model, features, batch_size), names,
+                      function_to_apply or default_function(self.space), top_k)
+
+    def shape_output(self, results, single, params):
+        # transformers: one string without top_k gives a list holding the one best label
+        if single and params.get("top_k", UNSET) is UNSET:
+            return results
+        return results[0] if single else results

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from bertkit.inference.batching import length_sorted_batches
-from bertkit.training.trainer import autocast_dtype
+from bertkit.settings import autocast_dtype
+
+
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int = 32, max_tokens: int | None = None
+) -> Iterator[list[int]]:
+    """Yield lists of input indices, longest first, each at most `batch_size` items and, when `max_tokens` is set,
+    at most `max_tokens` padded tokens (items x longest length). Every index appears exactly once; callers put
+    the results back in input order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for i in order:
+        longest = lengths[batch[0]] if batch else lengths[i]  # sorted descending: the first is the longest
+        too_many_tokens = max_tokens is not None and (len(batch) + 1) * longest > max_tokens
+        if batch and (len(batch) == batch_size or too_many_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
 
 def pad_batch(rows: Sequence[dict], token_labels: bool = False, pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Rows of python lists/numbers -> tensors padded to the longest row, with an attention_mask.

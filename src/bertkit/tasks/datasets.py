@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+from bertkit import settings
 from bertkit.errors import UserError
 from bertkit.tasks.examples import QAExample, TextExample, TokenExample
 from bertkit.tasks.readers import read_conll, read_sentence_per_line, read_squad, read_text_examples
@@ -148,13 +148,6 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def data_dir_path(data_dir: str | Path | None = None) -> Path:
-    """`data_dir`, else $BERTKIT_DATA_DIR, else ../shared/data from the working directory."""
-    if data_dir is not None:
-        return Path(data_dir)
-    return Path(os.environ.get("BERTKIT_DATA_DIR") or Path.cwd().parent / "shared" / "data")
-
-
 def _tags_as_iob2(example: TokenExample, scheme: str) -> TokenExample:
     validate_tags(example.tags, scheme, example.source)
     return TokenExample(example.tokens, to_iob2(example.tags), example.source)
@@ -176,7 +169,7 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, skip
     split = SPLIT_ALIASES.get(split, split)
     if split not in info.splits:
         raise UserError(f"{name} has no {split!r} split here; its splits are {', '.join(info.splits)}")
-    root = data_dir_path(data_dir)
+    root = settings.data_dir(data_dir)
     hint = f"`bertkit data download {name}`" if info.downloads else f"copy {name}'s files into {root / info.folder}/"
     if not root.is_dir():
         raise UserError(f"{root}: no data directory; set BERTKIT_DATA_DIR to the folder that holds the datasets, "
@@ -213,7 +206,7 @@ def fetch(url: str, name: str, folder: Path) -> bytes:
 def download(name: str, data_dir: str | Path | None = None) -> Path:
     """Fetch a dataset's files from its public source into DATA_DIR/FOLDER/, the folder returned."""
     info = dataset_info(name)
-    folder = data_dir_path(data_dir) / info.folder
+    folder = settings.data_dir(data_dir) / info.folder
     if not info.downloads:
         files = ", ".join(sorted(set(info.splits.values())))
         raise UserError(f"{name} has no public download in this format; copy its files ({files}) into {folder}/")

@@ -26,14 +26,13 @@ class PretrainingObjective:
             labels=labels,
             next_sentence_label=nsp,
             sparse_mlm=True,  # the vocabulary projection runs at masked positions only
+            reduction="sum",  # the loop divides by the global batch's counts
         )
         targets = labels[labels != IGNORE_INDEX]  # (n_masked,), the row order of the sparse logits
-        n_mlm = targets.numel()
-        # The head's losses are means; the loop wants sums so it can divide by the global batch's counts.
-        terms = {"mlm": out.mlm_loss * n_mlm if n_mlm else out.prediction_logits.sum() * 0.0}
+        terms = {"mlm": out.mlm_loss}
         stats = {"mlm_correct": float((out.prediction_logits.argmax(-1) == targets).sum())}
         if nsp is not None:
-            terms["nsp"] = out.nsp_loss * nsp.numel()
+            terms["nsp"] = out.nsp_loss
             stats["nsp_correct"] = float((out.seq_relationship_logits.argmax(-1) == nsp.reshape(-1)).sum())
         return terms, stats
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bertkit.errors import UserError
+from bertkit.settings import autocast_dtype
 from bertkit.training import checkpointing
 from bertkit.training.distributed import DistInfo, all_reduce_sum, barrier
 from bertkit.training.logbook import Logbook, plot_metrics
@@ -115,14 +116,6 @@ class _MicroBatches(Dataset):
         start = k * self.global_batch + self.dist.rank * self.batch_size
         idx = self._perm[start : start + self.batch_size].tolist()
         return self.collate([self.data[i] for i in idx], idx, epoch)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 class Trainer:

@@ -18,9 +18,8 @@ SENTENCES = [
 
 
 def run_demo(out_dir: Path, minutes: float = 8.0, data_dir: str | None = None) -> dict:
-    from bertkit.finetune import DataArgs, FinetuneArgs, run_finetune
+    from bertkit.commands.finetune import finetune
     from bertkit.inference.pipeline import pipeline
-    from bertkit.training import TrainingArgs
 
     # On 2 CPU cores MiniLM trains ~4,500 SST-2 examples a minute (measured: 625 steps of 32 in 4.2 min): plan the
     # schedule to end near the budget, and let --max-time stop it there if this machine is slower.
@@ -29,13 +28,11 @@ def run_demo(out_dir: Path, minutes: float = 8.0, data_dir: str | None = None) -
     print(f"bertkit demo: fine-tuning {DEFAULT_MODEL} on SST-2 for up to {minutes:g} minutes ({steps} steps of "
           f"{batch_size}), then evaluating on SST-2 dev (872 sentences)", flush=True)
     t0 = time.perf_counter()
-    training = TrainingArgs(out_dir=out_dir, max_steps=steps, max_time=minutes * 60, batch_size=batch_size,
-                            lr=1e-4, warmup=0.06, seed=0, eval_every=0, log_every=20)
-    result = run_finetune(FinetuneArgs(task="text-classification", model=DEFAULT_MODEL, out_dir=out_dir,
-                                       data=DataArgs(dataset="sst2", data_dir=data_dir), training=training,
-                                       seq_len=64))
+    result = finetune(out_dir, DEFAULT_MODEL, "text-classification", dataset="sst2", data_dir=data_dir, seq_len=64,
+                      max_steps=steps, max_time=minutes * 60, batch_size=batch_size, lr=1e-4, warmup=0.06, seed=0,
+                      eval_every=0, log_every=20)
     classify = pipeline("text-classification", model=str(out_dir))
-    predictions = classify(SENTENCES)
+    predictions = classify(SENTENCES)  # one {"label", "score"} per sentence
     report = {
         "model_dir": str(out_dir),
         "train_examples_seen": result["examples"],

@@ -1,4 +1,5 @@
-"""`bertkit pretrain`: raw text -> cached instances -> MLM + NSP (or SOP, or MLM only) with the one training loop."""
+"""`bertkit pretrain` as a Python function: raw text -> cached instances -> MLM + NSP (or SOP, or MLM only) with the
+one training loop."""
 
 from __future__ import annotations
 
@@ -133,3 +134,25 @@ def _model_config(preset_or_file: str, vocab_size: int, seq_len: int):
         raise UserError(f"--seq-len {seq_len} exceeds the config's max_position_embeddings "
                         f"{config.max_position_embeddings}")
     return config
+
+
+def pretrain(input: str | list[str], tokenizer: str, config: str, out: str | Path, *, max_steps: int | None = None,
+             max_time: float | None = None, seq_len: int = 128, pair_task: str = "nsp", wwm: bool = False,
+             heldout: float = 0.05, cache_dir: str | None = None, resume: str | None = None,
+             utf8_errors: str = "strict", lr: float = 1e-4, batch_size: int = 32, save_every: int = 500,
+             eval_every: int = 500, **training) -> dict:
+    """Pretrain a `config` (a preset name or a config.json) with `tokenizer` on the text files or folders of
+    `input`, into `out` (a BertForPreTraining checkpoint). `pair_task`: "nsp", "sop" or "none" (MLM only). Other
+    keywords are the training loop's settings (`TrainingArgs`). Returns the loop's summary with `out_dir`."""
+    if max_steps is None and max_time is None:
+        raise UserError("pretrain: give --max-steps, --max-time or both")
+    if pair_task not in ("nsp", "sop", "none"):
+        raise UserError(f"pair_task={pair_task!r}: expected nsp, sop or none")
+    out = Path(out)
+    args = TrainingArgs(out_dir=out, max_steps=max_steps or 10**9, max_time=max_time, lr=lr, batch_size=batch_size,
+                        save_every=save_every, eval_every=eval_every, **training)
+    result = run_pretraining(PretrainArgs(
+        inputs=[input] if isinstance(input, (str, Path)) else list(input), tokenizer=tokenizer, config=config,
+        out_dir=out, training=args, seq_len=seq_len, pair_task=pair_task, wwm=wwm, heldout=heldout,
+        cache_dir=cache_dir, resume=resume, utf8_errors=utf8_errors))
+    return {**result, "out_dir": str(out)}
