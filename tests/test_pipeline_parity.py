@@ -76,21 +76,33 @@ def _same(a, b, tol, where, ours, theirs):
 # ---- checkpoints -----------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: a thread pool only costs time here (its threads spin on a shared CPU); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2")
 
 
-def save_bertkit(head, out, tok, seed, initializer_range, classifier_std=None, **config):
+def save_bertkit(head, out, tok, seed, initializer_range, classifier_std=None, classifier_bias=None, **config):
     """A 2-layer, 32-wide random BERT on the MiniLM vocabulary, saved by bertkit with its tokenizer. A larger
-    `initializer_range` than BERT's 0.02 (and a wide classifier) gives confident, varied predictions."""
+    `initializer_range` than BERT's 0.02 (and a wide classifier) gives confident, varied predictions;
+    `classifier_bias` with `classifier_std=0` gives every token the same scores."""
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=37, max_position_embeddings=128, initializer_range=initializer_range, **config)
     model = getattr(bertkit, head)(cfg)
     if classifier_std is not None:
         with torch.no_grad():
-            model.classifier.weight.normal_(0.0, classifier_std)
+            model.classifier.weight.normal_(0.0, classifier_std) if classifier_std else model.classifier.weight.zero_()
+            if classifier_bias is not None:
+                model.classifier.bias.copy_(torch.tensor(classifier_bias))
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
@@ -143,13 +155,24 @@ def our_pipeline(task, model_dir, **options):
 # ---- text classification ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("inputs", [TEXTS[0], TEXTS[:3]], ids=["one text", "list"])
-@pytest.mark.parametrize("kwargs", [{}, {"top_k": None}, {"top_k": 2}, {"top_k": 1}, {"function_to_apply": "sigmoid"},
-                                    {"function_to_apply": "none"}, {"function_to_apply": "softmax", "top_k": None}],
-                         ids=["default", "top_k=None", "top_k=2", "top_k=1", "sigmoid", "none", "softmax-all"])
-def test_text_classification(classifier_dir, inputs, kwargs):
-    theirs = hf_pipeline("text-classification", classifier_dir)(inputs, **kwargs)
-    ours = our_pipeline("text-classification", classifier_dir)(inputs, **kwargs)
+CLASSIFY_KWARGS = {"default": {}, "top_k=None": {"top_k": None}, "top_k=2": {"top_k": 2}, "top_k=1": {"top_k": 1},
+                   "sigmoid": {"function_to_apply": "sigmoid"}, "none": {"function_to_apply": "none"},
+                   "softmax-all": {"function_to_apply": "softmax", "top_k": None}}
+
+
+@pytest.mark.parametrize("kwargs", list(CLASSIFY_KWARGS.values()), ids=list(CLASSIFY_KWARGS))
+def test_text_classification_one_text(classifier_dir, kwargs):
+    # transformers' legacy shape: [{"label", "score"}] by default; the sorted list itself once top_k is given
+    theirs = hf_pipeline("text-classification", classifier_dir)(TEXTS[0], **kwargs)
+    ours = our_pipeline("text-classification", classifier_dir)(TEXTS[0], **kwargs)
+    assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("kwargs", [CLASSIFY_KWARGS[k] for k in ("default", "top_k=None", "top_k=2", "sigmoid")],
+                         ids=["default", "top_k=None", "top_k=2", "sigmoid"])
+def test_text_classification_list(classifier_dir, kwargs):
+    theirs = hf_pipeline("text-classification", classifier_dir)(TEXTS[:3], **kwargs)
+    ours = our_pipeline("text-classification", classifier_dir)(TEXTS[:3], **kwargs)
     assert_same(ours, theirs)
 
 
@@ -244,7 +267,7 @@ def test_token_classification_list_of_texts(ner_dir):
 
 
 @pytest.mark.parametrize("strategy", ["first", "average", "max"])
-@pytest.mark.parametrize("sentence", SENTENCES)
+@pytest.mark.parametrize("sentence", SENTENCES[2:])  # the ones with words of several pieces
 def test_token_classification_word_strategies_with_bert_words(ner_dir, sentence, strategy):
     theirs = hf_pipeline("token-classification", ner_dir)(sentence, aggregation_strategy=strategy)
     ours = our_pipeline("token-classification", ner_dir, word_splitter="bert")(sentence,
@@ -252,7 +275,7 @@ def test_token_classification_word_strategies_with_bert_words(ner_dir, sentence,
     assert_same(ours, theirs)
 
 
-@pytest.mark.parametrize("strategy", ["first", "average", "max"])
+@pytest.mark.parametrize("strategy", ["average"])
 def test_token_classification_word_splitter_per_call(ner_dir, strategy):
     theirs = hf_pipeline("token-classification", ner_dir)(SENTENCES[2], aggregation_strategy=strategy)
     ours = our_pipeline("token-classification", ner_dir)(SENTENCES[2], aggregation_strategy=strategy,
@@ -260,10 +283,30 @@ def test_token_classification_word_splitter_per_call(ner_dir, strategy):
     assert_same(ours, theirs)
 
 
+@pytest.fixture(scope="module")
+def one_tag_ner_dir(tok, tmp_path_factory):
+    """Every token I-ORG: the whole text is one entity group, so its `word` is every token put back together."""
+    return save_bertkit("BertForTokenClassification", tmp_path_factory.mktemp("ner1tag"), tok, seed=0,
+                        initializer_range=0.1, classifier_std=0.0, classifier_bias=[0, 0, 0, 0, 0, 0, 3.0],
+                        id2label=dict(enumerate(NER_LABELS)))
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
+def test_token_classification_group_word_is_the_decoded_tokens(one_tag_ner_dir, strategy):
+    # transformers joins a group's tokens with the tokenizer.json decoder (WordPiece, cleanup=True, which tokenizers
+    # applies token by token): "##" pieces glued, a "." "?" "!" or "," token glued to the one before, all else spaced
+    text = "O'Neil's friends don't say: \"we're here, aren't we?\" (Washington, D.C.) - I'm sure I do not, it's 5.00 $!"
+    theirs = hf_pipeline("token-classification", one_tag_ner_dir)(text, aggregation_strategy=strategy)
+    assert len(theirs) == 1 and theirs[0]["entity_group"] == "ORG", theirs
+    ours = our_pipeline("token-classification", one_tag_ner_dir, word_splitter="bert")(
+        text, aggregation_strategy=strategy)
+    assert_same(ours, theirs)
+
+
 def test_token_classification_fixture_has_entities_and_disagreeing_pieces(ner_dir):
     """The fixture is not degenerate: several entity types, some O, and the word strategies disagree."""
     hf = hf_pipeline("token-classification", ner_dir)
-    tags = {e["entity"] for s in SENTENCES for e in hf(s, ignore_labels=[])}
+    tags = {e["entity"] for s in SENTENCES[:3] for e in hf(s, ignore_labels=[])}
     assert "O" in tags and len(tags) >= 5, tags
     by_strategy = {a: plain(hf(SENTENCES[2], aggregation_strategy=a)) for a in ["simple", "first", "average", "max"]}
     assert len({repr(v) for v in by_strategy.values()}) == 4, by_strategy

@@ -28,7 +28,7 @@ PREDICT_EXAMPLES = """examples:
   bertkit predict --model runs/sst2 "I love this movie!" --top-k all
   bertkit predict --model runs/conll "Peter Blackburn lives in Brussels." --aggregation-strategy simple
   bertkit predict --model runs/squad --input examples/questions.jsonl
-  bertkit predict --model runs/sst2 --input reviews.txt --output predictions.jsonl
+  bertkit predict --model runs/sst2 --input examples/reviews.txt --output predictions.jsonl
 """
 PRETRAIN_EXAMPLES = """examples:
   bertkit pretrain --input ../shared/data/pretrain/en --tokenizer runs/tok-en --config mini --out runs/mini-en \\
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-answer-len", type=_positive_int, help="question answering: tokens (default 15)")
     s.add_argument("--handle-impossible-answer", action="store_true", help="question answering: allow no answer")
     s.add_argument("--batch-size", type=_positive_int, help="(default 64)")
+    s.add_argument("--chunk-rows", type=_positive_int, help="rows read and predicted at a time: memory stays bounded "
+                                                            "by it (default 2048)")
     s.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
     _add_backend_flags(s)
     s.set_defaults(func=cmd_predict)

@@ -276,9 +276,11 @@ class BertTokenizer:
         return [self._backend.id_to_token(int(i)) for i in ids if int(i) not in skip]
 
     def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
-        """WordPiece tokens joined back into text: "##" continuations glued to the piece before (as transformers'
-        BertTokenizer)."""
-        return " ".join(tokens).replace(" ##", "").strip()
+        """Tokens back into text by the tokenizer's WordPiece decoder, as transformers does: "##" pieces glued to
+        the one before, and "." "," "?" "!" to the token before them."""
+        if self._backend.decoder is None:
+            return " ".join(tokens).replace(" ##", "").strip()
+        return self._backend.decoder.decode(list(tokens))
 
     # ---- encoding ------------------------------------------------------------------------------------------
 

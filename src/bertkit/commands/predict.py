@@ -18,7 +18,8 @@ CHUNK_ROWS = 2048  # rows read, predicted and written at a time (the pipeline so
 
 def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
     """("file:line", row) for each non-blank row of a prediction input: JSON lines (a `{` line, or .jsonl/.json),
-    TSV/CSV with a header (.tsv/.csv: a dict per row by column name), otherwise one text a line."""
+    TSV/CSV with a header (.tsv/.csv: a dict per row by column name, empty cells left out), otherwise one text
+    a line."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -41,7 +42,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
                         continue
                     if len(row) != len(header):
                         raise UserError(f"{where}: expected {len(header)} columns ({', '.join(header)}), got {len(row)}")
-                    yield where, dict(zip(header, row))
+                    yield where, {k: v for k, v in zip(header, row) if v != ""}  # an empty cell: no value
                 return
             for n, line in enumerate(handle, 1):
                 line = line.rstrip("\r\n").removeprefix("\ufeff") if n == 1 else line.rstrip("\r\n")
@@ -64,7 +65,13 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
 def count_rows(path: str | Path) -> int:
     """Lines in a file, read in blocks (for the progress bar's total)."""
     n, last = 0, b"\n"
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"--input {path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"--input {path}: cannot read ({e.strerror})") from None
+    with f:
         while block := f.read(1 << 20):
             n += block.count(b"\n")
             last = block[-1:]
@@ -117,7 +124,7 @@ def predict(model: str, texts: list | None = None, *, input: str | None = None, 
         part = out_path.with_name(f".{out_path.name}.part{rank}-of-{world}") if out_path else None
         sink = open(part, "w", encoding="utf-8") if part else sys.stdout
         bar = tqdm(total=total, unit="row", disable=not (progress and rank == 0 and out_path), dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
+                   mininterval=0.5 if sys.stderr.isatty() else 30, delay=2)  # a quick failure prints one line
         count = 0
         try:
             for k, chunk in enumerate(_chunks(rows, chunk_rows)):
@@ -130,9 +137,14 @@ def predict(model: str, texts: list | None = None, *, input: str | None = None, 
             if part:
                 sink.flush()
                 os.fsync(sink.fileno())
+        except BaseException:
+            if part:  # a failed run leaves no partial output behind (and never touches an existing --output)
+                sink.close()
+                part.unlink(missing_ok=True)
+            raise
         finally:
             bar.close()
-            if part:
+            if part and not sink.closed:
                 sink.close()
         barrier()
         if out_path and rank == 0:

@@ -67,7 +67,7 @@ class Pipeline:
         rows, single = self.task.call_inputs(inputs, params)
         examples = [self.task.example(row, f"input {i}") for i, row in enumerate(rows, 1)]
         results = self.task.predict(self.model, examples, self.batch_size, **params) if examples else []
-        return self.task.shape_output(results, single, params)
+        return self.task.shape_output(results, single, params, inputs)
 
 
 LOADING_OPTIONS = ("backend", "int8", "device")

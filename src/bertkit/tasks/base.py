@@ -141,7 +141,8 @@ class Task:
         """One output per example, in input order, shaped as transformers' pipeline returns it."""
         raise NotImplementedError
 
-    def shape_output(self, results: list, single: bool, params: dict):
+    def shape_output(self, results: list, single: bool, params: dict, inputs=None):
+        """The call's return value from its per-input `results` (`inputs`: the call's first argument)."""
         return results[0] if single else results
 
 

@@ -234,8 +234,8 @@ class TextClassificationTask(Task):
         return decode(predict_logits(model, features, batch_size), names,
                       function_to_apply or default_function(self.space), top_k)
 
-    def shape_output(self, results, single, params):
-        # transformers: one string without top_k gives a list holding the one best label
-        if single and params.get("top_k", UNSET) is UNSET:
+    def shape_output(self, results, single, params, inputs=None):
+        # transformers: one string (not one pair) without top_k gives a list holding the one best label
+        if isinstance(inputs, str) and params.get("top_k", UNSET) is UNSET:
             return results
         return results[0] if single else results
