@@ -129,7 +129,8 @@ def score(pipe, texts, golds, splitter: str, batch_size: int, n_examples: int) -
                              "missed": sorted(f"{t}:{text[s:e]!r}@{s}-{e}" for t, s, e in gold - pred),
                              "spurious": sorted(f"{t}:{text[s:e]!r}@{s}-{e}" for t, s, e in pred - gold)})
     return {**prf(tp, n_pred, n_gold), "seconds": round(seconds, 1),
-            "per_type": {t: prf(*v) for t, v in sorted(by_type.items())}, "mismatch_examples": examples}
+            "per_type": {t: prf(*v) for t, v in sorted(by_type.items())}, "mismatch_examples": examples,
+            "_pred": [{(e["entity_group"], int(e["start"]), int(e["end"])) for e in ents} for ents in preds]}
 
 
 def main(argv=None):
@@ -166,6 +167,13 @@ def main(argv=None):
         r["f1_minus_gold_word_f1"] = (round(r["f1"] - gold_word["f1"], 2)
                                       if isinstance(gold_word.get("f1"), (int, float)) else None)
         report[f"raw_text_{splitter}"] = r
+    # Sentences where the two word splitters disagree: what the splitter alone changes.
+    a, b = report["raw_text_treebank"].pop("_pred"), report["raw_text_bert"].pop("_pred")
+    show = lambda text, ents: sorted(f"{t}:{text[s:e]!r}@{s}-{e}" for t, s, e in ents)  # noqa: E731
+    differ = [i for i in range(len(texts)) if a[i] != b[i]]
+    report["splitters_disagree"] = len(differ)
+    report["splitter_examples"] = [{"text": texts[i], "gold": show(texts[i], golds[i]), "treebank": show(texts[i], a[i]),
+                                    "bert": show(texts[i], b[i])} for i in differ[:args.examples]]
     text = json.dumps(report, indent=1, ensure_ascii=False)
     if args.out:
         Path(args.out).expanduser().write_text(text + "\n", encoding="utf-8")

@@ -134,8 +134,13 @@ class Task:
         return ([inputs] if single else list(inputs)), single
 
     def example(self, value, where: str):
-        """One user input (a string, or a dict of the task's fields) as the task's example; `where` names it."""
-        raise NotImplementedError
+        """One user input (a string, or a dict of the task's fields) as the task's example; `where` names it.
+        By default a text, or {"text": ...}."""
+        if isinstance(value, dict) and "text" in value:
+            value = value["text"]
+        if not isinstance(value, str):
+            raise UserError(f"{where}: {self.name} takes a text (or {{\"text\": ...}}), got {value!r:.80}")
+        return value
 
     def predict(self, model, examples: Sequence, batch_size: int = 64, **params) -> list:
         """One output per example, in input order, shaped as transformers' pipeline returns it."""

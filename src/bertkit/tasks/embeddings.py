@@ -89,13 +89,6 @@ class FeatureExtractionTask(_EmbeddingTask):
 
     name = "feature-extraction"
 
-    def example(self, value, where: str) -> str:
-        if isinstance(value, dict) and "text" in value:
-            value = value["text"]
-        if not isinstance(value, str):
-            raise UserError(f"{where}: feature-extraction takes a text, got {value!r:.80}")
-        return value
-
     def predict(self, model, texts, batch_size: int = 64, normalize: bool = True, pooling: str = "mean",
                 **params) -> list[list[float]]:
         check_params(self.name, params, ())

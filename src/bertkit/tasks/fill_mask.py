@@ -27,13 +27,6 @@ class FillMaskTask(Task):
 
         return [line for _, line in numbered_lines(read_text(path)) if line.strip()]
 
-    def example(self, value, where: str) -> str:
-        if isinstance(value, dict) and "text" in value:
-            value = value["text"]
-        if not isinstance(value, str):
-            raise UserError(f"{where}: fill-mask takes a text with {self.tokenizer.mask_token}, got {value!r:.80}")
-        return value
-
     @torch.inference_mode()
     def masked_logits(self, model, rows: Sequence[dict], batch_size: int = 64) -> list[torch.Tensor]:
         """Per row, (n_masks, V) logits at its [MASK] positions: the vocabulary projection runs there only."""
@@ -72,6 +65,8 @@ class FillMaskTask(Task):
         their probability (softmax over the vocabulary) and the text with that token in place; a text with
         several [MASK]s gets a list per mask."""
         check_params(self.name, params, ())
+        if not isinstance(top_k, int) or top_k < 1:
+            raise UserError(f"fill-mask: top_k={top_k!r}; expected a number of tokens, at least 1")
         rows = self.encode(texts)
         mask_id = self.tokenizer.mask_token_id
         for n, row in enumerate(rows, 1):

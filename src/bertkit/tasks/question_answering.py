@@ -368,7 +368,7 @@ class QuestionAnsweringTask(Task):
         given (as its fast-tokenizer path), spans of at most `max_answer_len` tokens. A SQuAD v2 model
         (`version_2` in its config) may answer "" unless `handle_impossible_answer=False`."""
         check_params(self.name, params, ())
-        if top_k < 1 or max_answer_len < 1:
+        if not isinstance(top_k, int) or not isinstance(max_answer_len, int) or top_k < 1 or max_answer_len < 1:
             raise UserError(f"question-answering: top_k={top_k} and max_answer_len={max_answer_len} must be >= 1")
         max_seq_len = max_seq_len or self.max_length
         doc_stride = min(doc_stride or self.doc_stride, max_seq_len // 2)

@@ -442,13 +442,6 @@ class TokenClassificationTask(Task):
         scores.pop("per_type", None)  # flat numbers only: the loop logs them
         return scores
 
-    def example(self, value, where: str) -> str:
-        if isinstance(value, dict) and "text" in value:
-            value = value["text"]
-        if not isinstance(value, str):
-            raise UserError(f"{where}: token classification takes a text (or {{\"text\": ...}}), got {value!r:.80}")
-        return value
-
     def predict(self, model, texts, batch_size: int = 64, aggregation_strategy: str = "none",
                 ignore_labels: Sequence[str] | None = None, word_splitter: str | None = None, **params) -> list:
         """Per text, its entities as transformers' pipeline gives them (see `aggregate`), character spans of the
