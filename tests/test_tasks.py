@@ -119,6 +119,27 @@ def test_every_registered_task_trains_evaluates_predicts_and_pipelines(tmp_path)
             expected = pipe(INPUTS[name], aggregation_strategy="first")
         assert lines == json.loads(json.dumps(expected)), name
         assert pipe.task.name == name
+        if name in TRANSFORMERS_PIPELINES:  # the checkpoint bertkit fine-tuned, loaded by transformers
+            _same_as_transformers(name, model, pipe)
+
+
+TRANSFORMERS_PIPELINES = {"text-classification": [{}, {"top_k": None}],
+                          "token-classification": [{"aggregation_strategy": "none"}, {"aggregation_strategy": "simple"}],
+                          "fill-mask": [{"top_k": 3}]}
+
+
+def _same_as_transformers(name: str, model: str, pipe) -> None:
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.pipeline(name, model=model, tokenizer=model)
+    for params in TRANSFORMERS_PIPELINES[name]:
+        for text in [x for x in INPUTS[name] if isinstance(x, str)]:
+            ours, theirs = pipe(text, **params), reference(text, **params)
+            theirs = json.loads(json.dumps(theirs, default=float))  # numpy scalars -> floats
+            flat = lambda x: x if isinstance(x, list) else [x]  # noqa: E731
+            assert len(flat(ours)) == len(flat(theirs)), (name, params)
+            for a, b in zip(flat(ours), flat(theirs)):
+                assert {k: v for k, v in a.items() if k != "score"} == {k: v for k, v in b.items() if k != "score"}
+                assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
 # ---- losses: the head's own, summed -----------------------------------------------------------------------------
@@ -171,6 +192,9 @@ def test_treebank_words_split_raw_text_as_conll_does(tok):
     assert words('He said "no" (twice), didn\'t he?') == [
         "He", "said", '"', "no", '"', "(", "twice", ")", ",", "did", "n't", "he", "?"]
     assert words("1,000 Germany-based firms, e.g. BMW.") == ["1,000", "Germany-based", "firms", ",", "e.g.", "BMW", "."]
+    # a sentence that ends inside the text ends its word too, unless the word is an abbreviation
+    assert words("I met Mr. Smith in Paris. He left on Jan. 5.") == [
+        "I", "met", "Mr.", "Smith", "in", "Paris", ".", "He", "left", "on", "Jan.", "5", "."]
     assert words("李明在Apple公司工作。") == ["李", "明", "在", "Apple", "公", "司", "工", "作", "。"]
     assert words("  ") == [] and words("") == []
     assert words("the U.S.", "bert") == ["the", "U", ".", "S", "."]

@@ -51,13 +51,15 @@ def finetune(out: str | Path, model: str = DEFAULT_MODEL, task: str | None = Non
              text_column: str | None = None, pair_column: str | None = None, label_column: str | None = None,
              skip_bad_rows: bool = False, epochs: float | None = None, max_steps: int | None = None,
              max_train_examples: int | None = None, max_eval_examples: int | None = None,
-             seq_len: int | None = None, doc_stride: int | None = None, resume: str | None = None,
+             seq_len: int | None = None, doc_stride: int | None = None, word_splitter: str | None = None,
+             resume: str | None = None,
              lr: float = 5e-5, batch_size: int = 32, **training) -> dict:
     """Fine-tune `model` for `task` (implied by `dataset`) on `dataset`'s train split or the `train` file,
     evaluating on the dev split or `dev` file and keeping the best model by the task's main metric in `out`.
 
     `seq_len` defaults to the task's (384 for question answering, else 128), `doc_stride` to 128; `epochs`
-    to 3 unless `max_steps` is given. Other keywords are the training loop's settings (`TrainingArgs`:
+    to 3 unless `max_steps` is given; `word_splitter` (token classification) is how `predict` splits raw text
+    into words: "treebank" (as CoNLL) or "bert" (default: the dataset's, else treebank). Other keywords are the training loop's settings (`TrainingArgs`:
     `max_time`, `warmup`, `seed`, `eval_every`, `save_every`, `precision`, `progress`, ...). Returns the loop's
     summary: `step`, `eval` (the last evaluation), `best`, `main_metric`, `out_dir`, ...
     """
@@ -83,7 +85,8 @@ def finetune(out: str | Path, model: str = DEFAULT_MODEL, task: str | None = Non
         if dev_examples is not None:
             dev_examples = subsample(dev_examples, max_eval_examples, args.seed)
         tokenizer = BertTokenizer.from_pretrained(model)
-        the_task = task_class.for_training(tokenizer, train_examples, info, max_length=seq_len, doc_stride=doc_stride)
+        the_task = task_class.for_training(tokenizer, train_examples, info, max_length=seq_len, doc_stride=doc_stride,
+                                           word_splitter=word_splitter)
         train_features = the_task.features(train_examples, skip_bad_rows=skip_bad_rows)
         dev_features = the_task.features(dev_examples, skip_bad_rows=skip_bad_rows) if dev_examples else None
         if dist.is_main:

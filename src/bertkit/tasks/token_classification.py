@@ -239,6 +239,27 @@ def _treebank_spans(text: str) -> list[tuple[int, int]]:
     return spans + _treebank_run(text, position, len(text))
 
 
+# Words whose final "." is part of them (Moses' English non-breaking prefixes, the common ones), besides single
+# letters ("J.") and words with a "." inside ("U.S.").
+ABBREVIATIONS = frozenset("""Adj Adm Adv Apr Asst Aug Bart Bldg Brig Bros Capt Cmdr Co Col Comdr Con Corp Cpl Dec DR Dr
+Drs Ens Feb Gen Gov Hon Hosp Hr Inc Insp Jan Jr Jul Jun Lt Ltd MM MR MRS MS Maj Mar Messrs Mlle Mme Mr Mrs Ms Msgr
+Mt No Nos Nov Oct Op Ord Pfc Ph Prof Pvt Rep Reps Res Rev Rt Sen Sens Sep Sept Sfc Sgt Sr St Supt Surg Vol approx
+cf e.g etc i.e no vs""".split())
+
+
+def _split_inner_periods(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The Treebank rules split a period off the end of the text only; a sentence ending inside it ("He left.
+    She stayed.") gets the same treatment here: "left." -> "left" "." unless the word is an abbreviation."""
+    out = []
+    for a, b in spans:
+        word = text[a:b]
+        if len(word) > 2 and word.endswith(".") and word[:-1].isalnum() and word[:-1] not in ABBREVIATIONS:
+            out += [(a, b - 1), (b - 1, b)]
+        else:
+            out.append((a, b))
+    return out
+
+
 def _treebank_run(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Treebank spans inside text[start:end] (a run without CJK characters), in the string's coordinates."""
     from nltk.tokenize import TreebankWordTokenizer
@@ -247,9 +268,10 @@ def _treebank_run(text: str, start: int, end: int) -> list[tuple[int, int]]:
     if not chunk.strip():
         return []
     try:  # span_tokenize finds each token again in the original, quotes it rewrites ("" -> `` '') included
-        return [(start + a, start + b) for a, b in TreebankWordTokenizer().span_tokenize(chunk)]
+        spans = list(TreebankWordTokenizer().span_tokenize(chunk))
     except ValueError:  # a rewritten token it cannot find again: whitespace words for this run
-        return [(start + m.start(), start + m.end()) for m in re.finditer(r"\S+", chunk)]
+        spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", chunk)]
+    return [(start + a, start + b) for a, b in _split_inner_periods(chunk, spans)]
 
 
 def split_words(text: str, tokenizer, splitter: str = "treebank") -> list[tuple[int, int]]:
@@ -388,9 +410,12 @@ class TokenClassificationTask(Task):
         self.word_splitter = word_splitter
 
     @classmethod
-    def for_training(cls, tokenizer, examples, dataset=None, max_length=None, **options):
+    def for_training(cls, tokenizer, examples, dataset=None, max_length=None, word_splitter=None, **options):
         labels = list(dataset.labels) if dataset is not None and dataset.labels else iob2_label_set(examples)
-        return cls(tokenizer, labels, max_length)
+        splitter = word_splitter or getattr(dataset, "word_splitter", None) or "treebank"
+        if splitter not in WORD_SPLITTERS:
+            raise UserError(f"--word-splitter {splitter}: expected one of {', '.join(WORD_SPLITTERS)}")
+        return cls(tokenizer, labels, max_length, splitter)
 
     @classmethod
     def from_config(cls, tokenizer, config, max_length=None, **options):
