@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-eval-examples", type=_positive_int)
     s.add_argument("--doc-stride", type=_positive_int, help="question answering: window overlap (default 128)")
     s.add_argument("--word-splitter", choices=("treebank", "bert"), help="token classification: how predict will "
-                   "split raw text into words, as your data's tokens are (default treebank, as CoNLL; wnut17: bert)")
+                   "split raw text into words, as your data's tokens are (default treebank, as CoNLL and WNUT)")
     _add_training_flags(s, lr=5e-5, save_every=0, eval_every=0, seq_len="128; 384 for question answering")
     s.set_defaults(func=cmd_finetune)
 

@@ -47,7 +47,6 @@ class DatasetInfo:
     downloads: tuple[Download, ...] = ()  # empty where there is no public copy in this format
     label_names: tuple[str, ...] | None = None  # names for `labels`, in order, so predictions print words
     main_metric: str | None = None  # the metric that picks the best checkpoint (None: the task's default)
-    word_splitter: str | None = None  # NER: how raw text splits into words as this data's tokens are (None: treebank)
 
     @property
     def is_regression(self) -> bool:
@@ -65,7 +64,6 @@ class DatasetSplit:
     language: str
     path: Path
     main_metric: str | None = None
-    word_splitter: str | None = None
 
 
 def iob2_labels(entity_types: str) -> tuple[str, ...]:
@@ -120,8 +118,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "conll2003": DatasetInfo(  # Reuters text: no public copy to fetch
         TOKENS, "en", "conll2003", {"train": "train.txt", "dev": "valid.txt"}, read_conll,
         labels=iob2_labels("LOC MISC ORG PER"), scheme="IOB2"),
-    "wnut17": DatasetInfo(  # tweets tokenized with every apostrophe and period apart ("it ' s"): BERT's splitter
-        TOKENS, "en", "wnut17", {"train": "train.conll", "dev": "dev.conll"}, read_conll, word_splitter="bert",
+    "wnut17": DatasetInfo(
+        TOKENS, "en", "wnut17", {"train": "train.conll", "dev": "dev.conll"}, read_conll,
         labels=iob2_labels("corporation creative-work group location person product"), scheme="IOB2",
         downloads=(Download(f"{WNUT17}/wnut17train.conll", save_as("train.conll")),
                    Download(f"{WNUT17}/emerging.dev.conll", save_as("dev.conll")))),
@@ -191,7 +189,7 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, skip
         examples = [replace(e, label=rename[e.label]) for e in examples]
         labels = list(info.label_names)
     return DatasetSplit(name, split, info.task, examples, labels, info.is_regression, info.language, path,
-                        info.main_metric, info.word_splitter)
+                        info.main_metric)
 
 
 def fetch(url: str, name: str, folder: Path) -> bytes:

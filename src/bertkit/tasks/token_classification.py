@@ -412,7 +412,7 @@ class TokenClassificationTask(Task):
     @classmethod
     def for_training(cls, tokenizer, examples, dataset=None, max_length=None, word_splitter=None, **options):
         labels = list(dataset.labels) if dataset is not None and dataset.labels else iob2_label_set(examples)
-        splitter = word_splitter or getattr(dataset, "word_splitter", None) or "treebank"
+        splitter = word_splitter or "treebank"
         if splitter not in WORD_SPLITTERS:
             raise UserError(f"--word-splitter {splitter}: expected one of {', '.join(WORD_SPLITTERS)}")
         return cls(tokenizer, labels, max_length, splitter)
