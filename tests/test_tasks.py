@@ -233,6 +233,13 @@ def test_aggregation_strategies_by_hand(tok):
     assert [e["word"] for e in aggregate(two, labels, "simple", tok)] == ["a", "b"]
     with pytest.raises(UserError, match="aggregation_strategy='best'"):
         aggregate(pieces, labels, "best", tok)
+    # an I- after O: transformers makes it an entity; the strict IOB2 reading (treebank words) does not
+    orphan = [Piece("so", p(0.9, 0, 0.1), 0, 2, 1, False), Piece("paul", p(0.2, 0.1, 0.7), 3, 7, 2, False),
+              Piece("peter", p(0.1, 0.8, 0.1), 8, 13, 3, False), Piece("pan", p(0.1, 0.3, 0.6), 14, 17, 4, False)]
+    assert [(e["entity_group"], e["word"]) for e in aggregate(orphan, labels, "first", tok)] == [
+        ("O", "so"), ("PER", "paul"), ("PER", "peter pan")]
+    assert aggregate(orphan, labels, "first", tok, strict=True) == [
+        {"entity_group": "PER", "score": pytest.approx(0.7), "word": "peter pan", "start": 8, "end": 17}]
 
 
 # ---- question answering: the pipeline's decoding -------------------------------------------------------------

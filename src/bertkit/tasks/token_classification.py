@@ -328,10 +328,12 @@ def group_entities(entities: list[dict], tokenizer) -> list[dict]:
              "start": group[0]["start"], "end": group[-1]["end"]} for group in groups]
 
 
-def aggregate(pieces: Sequence[Piece], labels: Sequence[str], strategy: str, tokenizer) -> list[dict]:
-    """Entities of one text from its pieces, exactly as transformers' `aggregation_strategy`:
-    "none" each token, "simple" tokens grouped; "first"/"average"/"max" first give each word the label of its
-    first piece, of the average of its pieces' probabilities, or of its most confident piece, then group words."""
+def aggregate(pieces: Sequence[Piece], labels: Sequence[str], strategy: str, tokenizer, strict: bool = False
+              ) -> list[dict]:
+    """Entities of one text from its pieces, as transformers' `aggregation_strategy`: "none" each token, "simple"
+    tokens grouped; "first"/"average"/"max" first give each word the label of its first piece, of the average of
+    its pieces' probabilities, or of its most confident piece, then group words: as transformers does, or with
+    `strict`, as strict IOB2 (see `group_strictly`)."""
     if strategy in ("none", "simple"):
         entities = []
         for p in pieces:
@@ -359,7 +361,16 @@ def aggregate(pieces: Sequence[Piece], labels: Sequence[str], strategy: str, tok
         entities.append({"entity": labels[best], "score": float(scores[best]),
                          "word": tokenizer.convert_tokens_to_string([p.token for p in word]),
                          "start": word[0].start, "end": word[-1].end})
-    return group_entities(entities, tokenizer)
+    return group_strictly(entities, tokenizer) if strict else group_entities(entities, tokenizer)
+
+
+def group_strictly(words: list[dict], tokenizer) -> list[dict]:
+    """Words' IOB2 tags read as evaluation reads them (seqeval, strict): an entity is a B- and the I- of its type
+    after it; an I- that continues nothing starts no entity. Scores are the mean of the entity's words'."""
+    entities = Entities([[w["entity"] if w["entity"][:2] in ("B-", "I-") else "O" for w in words]], IOB2)
+    return [{"entity_group": e.tag, "score": float(np.mean([w["score"] for w in words[e.start:e.end]])),
+             "word": tokenizer.convert_tokens_to_string([w["word"] for w in words[e.start:e.end]]),
+             "start": words[e.start]["start"], "end": words[e.end - 1]["end"]} for e in entities.entities[0]]
 
 
 def text_pieces(text: str, spans: Sequence[tuple[int, int]], features: Sequence[Feature], logits: Sequence,
@@ -470,10 +481,15 @@ class TokenClassificationTask(Task):
     def predict(self, model, texts, batch_size: int = 64, aggregation_strategy: str = "none",
                 ignore_labels: Sequence[str] | None = None, word_splitter: str | None = None, **params) -> list:
         """Per text, its entities as transformers' pipeline gives them (see `aggregate`), character spans of the
-        original string; labels in `ignore_labels` (default ["O"]) are left out."""
+        original string; labels in `ignore_labels` (default ["O"]) are left out.
+
+        With `word_splitter="bert"` words and entities are exactly transformers'. With "treebank" (the default)
+        the words are those of CoNLL-style data and "first"/"average"/"max" read the words' tags as strict IOB2,
+        as `evaluate` scores gold words, so raw text is predicted as the model was trained and measured."""
         check_params(self.name, params, ())
         ignore = ["O"] if ignore_labels is None else list(ignore_labels)
-        spans = [split_words(text, self.tokenizer, word_splitter or self.word_splitter) for text in texts]
+        splitter = word_splitter or self.word_splitter
+        spans = [split_words(text, self.tokenizer, splitter) for text in texts]
         examples = [TokenExample([text[a:b] for a, b in s], None, "input") for text, s in zip(texts, spans)]
         features = prepare_features(examples, self.tokenizer, None, self.max_length)
         logits = self.logits(model, features, batch_size)
@@ -483,6 +499,6 @@ class TokenClassificationTask(Task):
         results = []
         for text, s, rows in zip(texts, spans, by_text):
             pieces = text_pieces(text, s, [features[i] for i in rows], [logits[i] for i in rows], self.tokenizer)
-            entities = aggregate(pieces, self.labels, aggregation_strategy, self.tokenizer)
+            entities = aggregate(pieces, self.labels, aggregation_strategy, self.tokenizer, strict=splitter == "treebank")
             results.append([e for e in entities if e.get("entity", e.get("entity_group")) not in ignore])
         return results
