@@ -81,6 +81,7 @@ def test_bad_rows_name_file_and_line_and_leave_no_output(classifier, tagger, tmp
     assert r.returncode == 2 and "unknown parameter 'aggregation_strategy'" in r.stderr
 
 
+@pytest.mark.slow  # two torchrun launches: `make test-slow`, which CI runs after `make test`
 @pytest.mark.parametrize("which", ["classifier", "tagger"])
 def test_two_torchrun_processes_predict_what_one_does(which, classifier, tagger, tmp_path):
     model = {"classifier": classifier, "tagger": tagger}[which]

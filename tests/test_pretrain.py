@@ -70,6 +70,7 @@ def test_tokenizer_train_loads_in_transformers(tokenizer_dir):
     assert BertTokenizer.from_pretrained(tokenizer_dir).unk_token_id not in ours["input_ids"]
 
 
+@pytest.mark.slow  # minutes on 2 cores: `make test-slow`, which CI runs after `make test`
 def test_sigkill_and_resume_is_bit_identical(corpus, tokenizer_dir, tmp_path):
     cache = tmp_path / "cache"
     whole = tmp_path / "whole"
@@ -91,6 +92,7 @@ def test_sigkill_and_resume_is_bit_identical(corpus, tokenizer_dir, tmp_path):
     assert train_losses(broken) == train_losses(whole)
 
 
+@pytest.mark.slow  # minutes on 2 cores: `make test-slow`, which CI runs after `make test`
 def test_two_processes_match_one_with_double_batch(corpus, tokenizer_dir, config_file, tmp_path):
     cache = tmp_path / "cache"
     one = tmp_path / "one"
