@@ -95,6 +95,7 @@ def test_int8_backends_stay_close_and_shrink_the_file(tmp_path):
         assert 0 < diff < 0.05 * spread  # changed by the rounding, but not by much
 
 
+@pytest.mark.slow  # an export and four CLI runs, about a minute: `make test-slow`, run by CI
 def test_cli_export_then_predict_and_evaluate_on_either_backend(tmp_path):
     model_dir = tiny(tmp_path / "clf", "BertForSequenceClassification")
     out = json.loads(run("export", "onnx", "--model", model_dir).stdout)
