@@ -59,9 +59,10 @@ def finetune(out: str | Path, model: str = DEFAULT_MODEL, task: str | None = Non
 
     `seq_len` defaults to the task's (384 for question answering, else 128), `doc_stride` to 128; `epochs`
     to 3 unless `max_steps` is given; `word_splitter` (token classification) is how `predict` splits raw text
-    into words: "treebank" (the default, as CoNLL) or "bert" (BERT's pre-tokenizer). Other keywords are the training loop's settings (`TrainingArgs`:
-    `max_time`, `warmup`, `seed`, `eval_every`, `save_every`, `precision`, `progress`, ...). Returns the loop's
-    summary: `step`, `eval` (the last evaluation), `best`, `main_metric`, `out_dir`, ...
+    into words: "treebank" (the default, as CoNLL) or "bert" (BERT's pre-tokenizer). Other keywords are the
+    training loop's settings (`TrainingArgs`: `max_time`, `warmup`, `seed`, `eval_every`, `save_every`,
+    `precision`, `progress`, ...). Returns the loop's summary: `step`, `eval` (the last evaluation), `best`,
+    `main_metric`, `out_dir`, ...
     """
     from bertkit.tokenization import BertTokenizer
 

@@ -5,6 +5,7 @@ share of the chunks and rank 0 merges the parts in input order."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import sys
@@ -16,19 +17,23 @@ from bertkit.errors import UserError
 CHUNK_ROWS = 2048  # rows read, predicted and written at a time (the pipeline sorts each chunk by length)
 
 
+def _open_input(path: str | Path, mode: str = "r", **kwargs):
+    """`open`, with a missing or unreadable --input as a one-line error."""
+    try:
+        return open(path, mode, **kwargs)
+    except FileNotFoundError:
+        raise UserError(f"--input {path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"--input {path}: cannot read ({e.strerror})") from None
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
     """("file:line", row) for each non-blank row of a prediction input: JSON lines (a `{` line, or .jsonl/.json),
     TSV/CSV with a header (.tsv/.csv: a dict per row by column name, empty cells left out), otherwise one text
     a line."""
     path = Path(path)
     suffix = path.suffix.lower()
-    try:
-        handle = open(path, encoding="utf-8", newline="")
-    except FileNotFoundError:
-        raise UserError(f"--input {path}: no such file") from None
-    except OSError as e:
-        raise UserError(f"--input {path}: cannot read ({e.strerror})") from None
-    with handle:
+    with _open_input(path, encoding="utf-8", newline="") as handle:
         try:
             if suffix in (".tsv", ".csv"):
                 reader = csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ",")
@@ -65,13 +70,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
 def count_rows(path: str | Path) -> int:
     """Lines in a file, read in blocks (for the progress bar's total)."""
     n, last = 0, b"\n"
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise UserError(f"--input {path}: no such file") from None
-    except OSError as e:
-        raise UserError(f"--input {path}: cannot read ({e.strerror})") from None
-    with f:
+    with _open_input(path, "rb") as f:
         while block := f.read(1 << 20):
             n += block.count(b"\n")
             last = block[-1:]
@@ -87,11 +86,6 @@ def _chunks(rows: Iterator, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _predict_chunk(pipe, chunk: list) -> list:
-    examples = [pipe.task.example(row, where) for where, row in chunk]
-    return pipe.task.predict(pipe.model, examples, pipe.batch_size, **dict(pipe.defaults))
 
 
 def predict(model: str, texts: list | None = None, *, input: str | None = None, output: str | None = None,
@@ -114,14 +108,14 @@ def predict(model: str, texts: list | None = None, *, input: str | None = None, 
     try:
         pipe = pipeline(task, model=model, batch_size=batch_size, backend=backend, int8=int8,
                         device=None if backend != "torch" or int8 else device)
-        pipe.defaults = {**pipe.task.predict_defaults, **params}
+        params = {**pipe.task.predict_defaults, **params}
         rows: Iterator = iter([(f"argument {i}", t) for i, t in enumerate(texts or [], 1)])
         total = len(texts or [])
         if input:
-            rows = _chain(rows, read_rows(input))
+            rows = itertools.chain(rows, read_rows(input))
             total += count_rows(input)
         out_path = Path(output) if output else None
-        part = out_path.with_name(f".{out_path.name}.part{rank}-of-{world}") if out_path else None
+        part = _part(out_path, rank, world) if out_path else None
         sink = open(part, "w", encoding="utf-8") if part else sys.stdout
         bar = tqdm(total=total, unit="row", disable=not (progress and rank == 0 and out_path), dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30, delay=2)  # a quick failure prints one line
@@ -131,7 +125,7 @@ def predict(model: str, texts: list | None = None, *, input: str | None = None, 
                 count += len(chunk)
                 if k % world != rank:  # another process's chunk
                     continue
-                for result in _predict_chunk(pipe, chunk):
+                for result in pipe.predict(chunk, params):
                     sink.write(json.dumps(result, ensure_ascii=False) + "\n")
                 bar.update(len(chunk) * world)
             if part:
@@ -155,14 +149,14 @@ def predict(model: str, texts: list | None = None, *, input: str | None = None, 
         teardown()
 
 
-def _chain(*iterators):
-    for it in iterators:
-        yield from it
+def _part(out: Path, rank: int, world: int) -> Path:
+    """Where process `rank` of `world` writes its share of `out` before the merge."""
+    return out.with_name(f".{out.name}.part{rank}-of-{world}")
 
 
 def _merge(out: Path, world: int, chunk_rows: int) -> None:
     """Interleave the processes' parts chunk by chunk (chunk k is in part k mod world) into `out`, atomically."""
-    parts = [out.with_name(f".{out.name}.part{r}-of-{world}") for r in range(world)]
+    parts = [_part(out, r, world) for r in range(world)]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     handles = [open(p, encoding="utf-8") for p in parts]
     try:

@@ -65,9 +65,15 @@ class Pipeline:
     def __call__(self, inputs=None, **params):
         params = {**self.defaults, **params}
         rows, single = self.task.call_inputs(inputs, params)
-        examples = [self.task.example(row, f"input {i}") for i, row in enumerate(rows, 1)]
-        results = self.task.predict(self.model, examples, self.batch_size, **params) if examples else []
+        results = self.predict([(f"input {i}", row) for i, row in enumerate(rows, 1)], params)
         return self.task.shape_output(results, single, params, inputs)
+
+    def predict(self, rows: list[tuple[str, object]], params: dict) -> list:
+        """One result per (where, input) row, in order; `where` names the row in an error ("input 2",
+        "file.jsonl:7"). Unknown parameters are an error before any work."""
+        self.task.check_params(params)
+        examples = [self.task.example(row, where) for where, row in rows]
+        return self.task.predict(self.model, examples, self.batch_size, **params) if examples else []
 
 
 LOADING_OPTIONS = ("backend", "int8", "device")

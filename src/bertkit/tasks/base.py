@@ -7,6 +7,7 @@ and the server look tasks up by name in the registry (`bertkit.tasks`) and call 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -143,16 +144,18 @@ class Task:
         return value
 
     def predict(self, model, examples: Sequence, batch_size: int = 64, **params) -> list:
-        """One output per example, in input order, shaped as transformers' pipeline returns it."""
+        """One output per example, in input order, shaped as transformers' pipeline returns it. A task's own
+        `predict` names its pipeline parameters as keywords after these three."""
         raise NotImplementedError
+
+    def check_params(self, params: dict) -> None:
+        """A pipeline parameter the task does not take is a mistake worth naming, not something to ignore."""
+        known = list(inspect.signature(self.predict).parameters)[3:]  # after model, examples, batch_size
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise UserError(f"{self.name}: unknown parameter {unknown[0]!r}; it takes {', '.join(known) or 'none'}")
 
     def shape_output(self, results: list, single: bool, params: dict, inputs=None):
         """The call's return value from its per-input `results` (`inputs`: the call's first argument)."""
         return results[0] if single else results
 
-
-def check_params(task: str, params: dict, known: Sequence[str]) -> None:
-    """A pipeline parameter the task does not take is a mistake worth naming, not something to ignore."""
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise UserError(f"{task}: unknown parameter {unknown[0]!r}; it takes {', '.join(known) or 'none'}")

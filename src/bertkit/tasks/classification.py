@@ -10,8 +10,8 @@ import torch
 
 from bertkit.errors import UserError
 from bertkit.tasks import register
-from bertkit.tasks.base import UNSET, HeadLoss, Task, check_params
-from bertkit.tasks.common import pad_batch, run_model
+from bertkit.tasks.base import UNSET, HeadLoss, Task
+from bertkit.tasks.common import run_model
 from bertkit.tasks.examples import TextExample
 
 SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
@@ -117,9 +117,6 @@ def prepare_features(examples: Sequence[TextExample], tokenizer, space: LabelSpa
     return features, kept
 
 
-def predict_logits(model, features, batch_size: int = 64) -> torch.Tensor:
-    """(N, num_labels) logits in input order."""
-    return torch.stack(run_model(model, features, lambda rows: pad_batch(rows), batch_size))
 
 
 def metrics(logits: torch.Tensor, labels: list, space: LabelSpace) -> dict[str, float]:
@@ -216,7 +213,11 @@ class TextClassificationTask(Task):
     def evaluate(self, model, examples, features=None, batch_size: int = 64) -> dict[str, float]:
         if features is None:
             features = self.features(examples)
-        return metrics(predict_logits(model, features, batch_size), [f["labels"] for f in features], self.space)
+        return metrics(self.logits(model, features, batch_size), [f["labels"] for f in features], self.space)
+
+    def logits(self, model, features, batch_size: int = 64) -> torch.Tensor:
+        """(N, num_labels) logits in input order."""
+        return torch.stack(run_model(model, features, self.collate, batch_size))
 
     def example(self, value, where: str) -> TextExample:
         if isinstance(value, str):
@@ -226,12 +227,10 @@ class TextClassificationTask(Task):
             return TextExample(value["text"], value.get("text_pair"), None, where)
         raise UserError(f"{where}: expected a text or {{\"text\": ..., \"text_pair\": ...}}, got {value!r:.80}")
 
-    def predict(self, model, examples, batch_size: int = 64, top_k=UNSET, function_to_apply: str | None = None,
-                **params) -> list:
-        check_params(self.name, params, ())
-        features, _ = prepare_features(examples, self.tokenizer, None, self.max_length)
+    def predict(self, model, examples, batch_size: int = 64, top_k=UNSET,
+                function_to_apply: str | None = None) -> list:
         names = self.space.labels or ["score"]
-        return decode(predict_logits(model, features, batch_size), names,
+        return decode(self.logits(model, self.features(examples, train=False), batch_size), names,
                       function_to_apply or default_function(self.space), top_k)
 
     def shape_output(self, results, single, params, inputs=None):

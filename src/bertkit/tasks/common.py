@@ -28,6 +28,15 @@ def length_sorted_batches(
         yield batch
 
 
+def windows_by_example(example_index: Sequence[int], num_examples: int) -> list[list[int]]:
+    """For each of `num_examples` examples, the indices of its features in order (a long input is several
+    windows); `example_index[i]` is feature i's example. An example with no window gets an empty list."""
+    windows: list[list[int]] = [[] for _ in range(num_examples)]
+    for i, example in enumerate(example_index):
+        windows[example].append(i)
+    return windows
+
+
 def pad_batch(rows: Sequence[dict], token_labels: bool = False, pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Rows of python lists/numbers -> tensors padded to the longest row, with an attention_mask.
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from bertkit.errors import UserError
 from bertkit.tasks import register
-from bertkit.tasks.base import Task, check_params
-from bertkit.tasks.common import length_sorted_batches
+from bertkit.tasks.base import Task
+from bertkit.tasks.common import length_sorted_batches, pad_batch
 from bertkit.tasks.examples import TextExample
 
 POOLINGS = ("mean", "cls")
@@ -33,19 +33,16 @@ def encode_sentences(model, tokenizer, texts: Sequence[str], batch_size: int = 3
     if not texts:
         return torch.empty(0, model.config.hidden_size)
     model.eval()
-    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)  # once; batches pad what they take
+    rows = [{"input_ids": ids, "token_type_ids": types} for ids, types in zip(enc["input_ids"], enc["token_type_ids"])]
     out = torch.empty(len(texts), model.config.hidden_size)
-    for idx in length_sorted_batches(lengths, batch_size):
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt").to(model.device)
+    for idx in length_sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
+        batch = {k: v.to(model.device) for k, v in pad_batch([rows[i] for i in idx], pad_id=tokenizer.pad_token_id)
+                 .items()}
         hidden = model(**batch).last_hidden_state
         pooled = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
         out[idx] = pooled.float().cpu()
     return F.normalize(out, dim=-1) if normalize else out
-
-
-def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.cosine_similarity(a[None], b[None]).item()
 
 
 class _EmbeddingTask(Task):
@@ -89,9 +86,8 @@ class FeatureExtractionTask(_EmbeddingTask):
 
     name = "feature-extraction"
 
-    def predict(self, model, texts, batch_size: int = 64, normalize: bool = True, pooling: str = "mean",
-                **params) -> list[list[float]]:
-        check_params(self.name, params, ())
+    def predict(self, model, texts, batch_size: int = 64, normalize: bool = True,
+                pooling: str = "mean") -> list[list[float]]:
         return encode_sentences(model, self.tokenizer, texts, batch_size, normalize, self.max_length,
                                 pooling).tolist()
 
@@ -117,8 +113,7 @@ class SentenceSimilarityTask(_EmbeddingTask):
             raise UserError(f"{where}: sentence-similarity needs {self.input_help} (a text and a non-empty list)")
         return value
 
-    def predict(self, model, examples, batch_size: int = 64, **params) -> list[list[float]]:
-        check_params(self.name, params, ())
+    def predict(self, model, examples, batch_size: int = 64) -> list[list[float]]:
         texts = [t for e in examples for t in [e["source_sentence"], *e["sentences"]]]
         vectors = encode_sentences(model, self.tokenizer, texts, batch_size, max_length=self.max_length)
         results, position = [], 0

@@ -9,7 +9,7 @@ import torch
 
 from bertkit.errors import UserError
 from bertkit.tasks import register
-from bertkit.tasks.base import Task, check_params
+from bertkit.tasks.base import Task
 from bertkit.tasks.common import length_sorted_batches, pad_batch
 
 
@@ -52,19 +52,18 @@ class FillMaskTask(Task):
         """A target's token id (a word of several pieces counts as its first, as transformers does)."""
         ids = []
         for target in [targets] if isinstance(targets, str) else targets:
-            pieces = self.tokenizer(target, add_special_tokens=False)["input_ids"] if \
-                self.tokenizer.convert_tokens_to_ids(target) == self.tokenizer.unk_token_id else \
-                [self.tokenizer.convert_tokens_to_ids(target)]
+            token = self.tokenizer.convert_tokens_to_ids(target)
+            pieces = [token] if token != self.tokenizer.unk_token_id else \
+                self.tokenizer(target, add_special_tokens=False)["input_ids"]
             if not pieces:
                 raise UserError(f"fill-mask: target {target!r} is no token of the vocabulary")
             ids.append(pieces[0])
         return list(dict.fromkeys(ids))
 
-    def predict(self, model, texts, batch_size: int = 64, top_k: int = 5, targets=None, **params) -> list:
+    def predict(self, model, texts, batch_size: int = 64, top_k: int = 5, targets=None) -> list:
         """As transformers' fill-mask pipeline: per [MASK], the `top_k` tokens (among `targets` when given) with
         their probability (softmax over the vocabulary) and the text with that token in place; a text with
         several [MASK]s gets a list per mask."""
-        check_params(self.name, params, ())
         if not isinstance(top_k, int) or top_k < 1:
             raise UserError(f"fill-mask: top_k={top_k!r}; expected a number of tokens, at least 1")
         rows = self.encode(texts)

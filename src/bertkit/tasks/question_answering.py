@@ -11,8 +11,8 @@ import torch
 
 from bertkit.errors import UserError
 from bertkit.tasks import register
-from bertkit.tasks.base import HeadLoss, Task, check_params
-from bertkit.tasks.common import pad_batch, run_model
+from bertkit.tasks.base import HeadLoss, Task
+from bertkit.tasks.common import pad_batch, run_model, windows_by_example
 from bertkit.tasks.examples import QAExample
 
 Offset = tuple[int, int]
@@ -154,12 +154,11 @@ def postprocess(examples: Sequence[QAExample], features: QAFeatures, start_logit
     windows) beats the best span by more than `null_threshold`, as in Google's and transformers' run_squad."""
     if not len(start_logits) == len(end_logits) == len(features):
         raise UserError(f"{len(features)} features but {len(start_logits)} start and {len(end_logits)} end logits")
-    windows: dict[int, list[int]] = {}
-    for i, example_index in enumerate(features.example_index):
-        windows.setdefault(example_index, []).append(i)
-    if sorted(windows) != list(range(len(examples))):
-        raise UserError(f"the features come from {len(windows)} examples, not these {len(examples)}: pass the "
+    sources = set(features.example_index)
+    if sources != set(range(len(examples))):
+        raise UserError(f"the features come from {len(sources)} examples, not these {len(examples)}: pass the "
                         "examples given to prepare_features")
+    windows = windows_by_example(features.example_index, len(examples))
     predictions = {}
     for example_index, example in enumerate(examples):
         best_by_chars: dict[Offset, float] = {}  # overlapping windows propose the same span: keep its best score
@@ -226,14 +225,11 @@ def pipeline_answers(examples: Sequence[QAExample], features: QAFeatures, start_
     each window proposes its 2*top_k + 10 best spans (top_k without `align_to_words`), widened to whole words;
     answers with the same text (ignoring case) add up their scores; with `handle_impossible_answer` the empty
     answer competes with the smallest null score of the windows."""
-    by_example: dict[int, list[int]] = {}
-    for i, example_index in enumerate(features.example_index):
-        by_example.setdefault(example_index, []).append(i)
     results = []
-    for example_index, example in enumerate(examples):
+    for example, windows in zip(examples, windows_by_example(features.example_index, len(examples))):
         answers: list[dict] = []
         null = 1e6
-        for i in by_example.get(example_index, []):
+        for i in windows:
             n = len(features.input_ids[i])
             offsets, words = features.offsets[i], features.word_ids[i]
             spans, window_null = window_spans(np.asarray(start_logits[i], dtype=np.float32)[:n],
@@ -362,12 +358,11 @@ class QuestionAnsweringTask(Task):
 
     def predict(self, model, examples, batch_size: int = 64, top_k: int = 1, doc_stride: int | None = None,
                 max_answer_len: int = 15, max_seq_len: int | None = None, max_question_len: int | None = None,
-                handle_impossible_answer: bool | None = None, align_to_words: bool = True, **params) -> list:
+                handle_impossible_answer: bool | None = None, align_to_words: bool = True) -> list:
         """transformers 4.x's question-answering pipeline: windows of `max_seq_len` (the model's, 384 by default)
         overlapping by `doc_stride` (at most half a window), the question whole unless `max_question_len` is
         given (as its fast-tokenizer path), spans of at most `max_answer_len` tokens. A SQuAD v2 model
         (`version_2` in its config) may answer "" unless `handle_impossible_answer=False`."""
-        check_params(self.name, params, ())
         if not isinstance(top_k, int) or not isinstance(max_answer_len, int) or top_k < 1 or max_answer_len < 1:
             raise UserError(f"question-answering: top_k={top_k} and max_answer_len={max_answer_len} must be >= 1")
         max_seq_len = max_seq_len or self.max_length

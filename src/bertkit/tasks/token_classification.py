@@ -17,8 +17,8 @@ from tokenizers import PreTokenizedString
 from bertkit.errors import UserError
 from bertkit.modeling.heads import IGNORE_INDEX
 from bertkit.tasks import register
-from bertkit.tasks.base import HeadLoss, Task, check_params
-from bertkit.tasks.common import pad_batch, run_model
+from bertkit.tasks.base import HeadLoss, Task
+from bertkit.tasks.common import pad_batch, run_model, windows_by_example
 from bertkit.tasks.examples import TokenExample
 
 OUTSIDE = "O"  # the tag of a word that no window can predict: it has no WordPiece tokens
@@ -479,26 +479,24 @@ class TokenClassificationTask(Task):
         return scores
 
     def predict(self, model, texts, batch_size: int = 64, aggregation_strategy: str = "none",
-                ignore_labels: Sequence[str] | None = None, word_splitter: str | None = None, **params) -> list:
+                ignore_labels: Sequence[str] | None = None, word_splitter: str | None = None) -> list:
         """Per text, its entities as transformers' pipeline gives them (see `aggregate`), character spans of the
         original string; labels in `ignore_labels` (default ["O"]) are left out.
 
         With `word_splitter="bert"` words and entities are exactly transformers'. With "treebank" (the default)
         the words are those of CoNLL-style data and "first"/"average"/"max" read the words' tags as strict IOB2,
         as `evaluate` scores gold words, so raw text is predicted as the model was trained and measured."""
-        check_params(self.name, params, ())
         ignore = ["O"] if ignore_labels is None else list(ignore_labels)
         splitter = word_splitter or self.word_splitter
         spans = [split_words(text, self.tokenizer, splitter) for text in texts]
         examples = [TokenExample([text[a:b] for a, b in s], None, "input") for text, s in zip(texts, spans)]
-        features = prepare_features(examples, self.tokenizer, None, self.max_length)
+        features = self.features(examples, train=False)
         logits = self.logits(model, features, batch_size)
-        by_text: list[list[int]] = [[] for _ in texts]
-        for i, feature in enumerate(features):
-            by_text[feature["example_index"]].append(i)
+        windows = windows_by_example([f["example_index"] for f in features], len(texts))
         results = []
-        for text, s, rows in zip(texts, spans, by_text):
+        for text, s, rows in zip(texts, spans, windows):
             pieces = text_pieces(text, s, [features[i] for i in rows], [logits[i] for i in rows], self.tokenizer)
-            entities = aggregate(pieces, self.labels, aggregation_strategy, self.tokenizer, strict=splitter == "treebank")
+            entities = aggregate(pieces, self.labels, aggregation_strategy, self.tokenizer,
+                                 strict=splitter == "treebank")
             results.append([e for e in entities if e.get("entity", e.get("entity_group")) not in ignore])
         return results
