@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-DATA = Path(os.environ.get("BERTKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}  # never reach for the Hub from a test
+from conftest import DATA  # noqa: F401  (re-exported: the tests that run the CLI read DATA from here)
+
+# Never reach for the Hub from a test; every subprocess reads the same data folder as the tests themselves.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "BERTKIT_DATA_DIR": str(DATA)}
 
 
 def run_cli(*args, check: bool = True, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -24,4 +24,11 @@ def test_developers_md_snippet_runs_as_written(tmp_path):
     scope = {"path_or_name": str(local)}
     exec(snippet, scope)
     assert scope["outputs"].logits.shape == (1, 2)
-    assert scope["prediction"].dtype == torch.long and scope["prediction"].item() in (0, 1)
+    model, enc = scope["model"], scope["tokenizer"]("I love this movie!", return_tensors="pt")
+    assert not model.training  # from_pretrained gives eval mode: no dropout in the snippet's prediction
+    with torch.no_grad():  # the encoder's weights are the checkpoint's, not a fresh initialisation
+        torch.testing.assert_close(model.bert(**enc).last_hidden_state,
+                                   bertkit.BertModel.from_pretrained(local).eval()(**enc).last_hidden_state)
+        torch.testing.assert_close(scope["outputs"].logits, model(**enc).logits)
+    assert scope["prediction"].dtype == torch.long
+    assert scope["prediction"].tolist() == [int(scope["outputs"].logits[0].argmax())]

@@ -7,6 +7,8 @@ import json
 import pytest
 from clihelp import run_cli as bertkit
 
+import bertkit as library
+
 
 def test_similarity_default_model_orders_paraphrase_above_unrelated():
     close = json.loads(bertkit("similarity", "A man is playing a guitar.", "Someone plays the guitar.").stdout)
@@ -19,6 +21,10 @@ def test_embed_prints_one_normalised_vector_per_text():
     vectors = [json.loads(line)["embedding"] for line in lines]
     assert len(vectors) == 2 and len(vectors[0]) == 384
     assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-4
+    # the mean-pooled, normalised embeddings the library gives (checked against transformers in test_inference)
+    expected = library.pipeline("feature-extraction", model="all-MiniLM-L6-v2")(["hello world", "second text"])
+    assert vectors == [pytest.approx(v, abs=1e-5) for v in expected]
+    assert vectors[0] != pytest.approx(vectors[1], abs=1e-2)
 
 
 def test_info_reports_config_and_parameters():

@@ -65,7 +65,7 @@ def test_regression_on_float_scores(tiny_model, tmp_path):
     assert result["main_metric"] == "spearman" and set(result["eval"]) == {"pearson", "spearman"}
 
 
-@pytest.mark.skipif(not (DATA / "conll2003").is_dir(), reason="no shared data")
+@pytest.mark.needs_data("conll2003")
 def test_token_classification_on_real_conll(tiny_model, tmp_path):
     out = tmp_path / "ner"
     r = run(*common(tiny_model, out, "--dataset", "conll2003", "--max-train-examples", 64, "--max-eval-examples", 32,
@@ -85,7 +85,7 @@ def test_token_classification_on_real_conll(tiny_model, tmp_path):
     assert [t["word"] for t in tokens] == pieces and [t["index"] for t in tokens] == list(range(1, len(pieces) + 1))
 
 
-@pytest.mark.skipif(not (DATA / "squad").is_dir(), reason="no shared data")
+@pytest.mark.needs_data("squad")
 def test_question_answering_on_real_squad(tiny_model, tmp_path):
     out = tmp_path / "qa"
     r = run(*common(tiny_model, out, "--dataset", "squad", "--max-train-examples", 32, "--max-eval-examples", 16,

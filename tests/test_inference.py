@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
+from conftest import require_module
 
 from bertkit.inference import encode_sentences, length_sorted_batches, mean_pool
 
@@ -28,7 +28,7 @@ def test_mean_pool_ignores_padding():
 
 
 def test_embeddings_match_transformers_mean_pooling():
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
     from bertkit import BertModel, BertTokenizer
     from bertkit.checkpoint import resolve_model_dir
 

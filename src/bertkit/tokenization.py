@@ -428,6 +428,12 @@ class BertTokenizer:
                     raise UserError(f"stride={stride} does not fit in windows of max_length={max_length}: the "
                                     "stride must be smaller than the tokens each window keeps of the truncated "
                                     "text") from None
+                if isinstance(err, TypeError) and (bad := _lone_surrogate(inputs)) is not None:
+                    # The Rust side takes only strings it can encode as UTF-8, and says "TextEncodeInput must be
+                    # Union[...]" of one with a lone surrogate (JSON's "\ud800" decodes to one).
+                    row, char = bad
+                    raise UserError(f"text {row + 1} of {len(inputs)} holds a lone surrogate \\u{ord(char):04x} (half "
+                                    "of a UTF-16 pair), which is not a character and cannot be tokenized") from None
                 raise
             finally:
                 self._backend.no_truncation()
@@ -513,3 +519,21 @@ def _to_tensor(key: str, rows: list, return_tensors: str) -> Any:
     if return_tensors == "pt":
         return torch.tensor(rows, dtype=torch.long)
     return np.array(rows, dtype=np.int64)
+
+
+def _lone_surrogate(inputs: list) -> tuple[int, str] | None:
+    """(0-based row, the character) of the first lone surrogate in a batch of texts, pairs or word lists."""
+    def strings(item):
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, (list, tuple)):
+            for part in item:
+                yield from strings(part)
+
+    for row, item in enumerate(inputs):
+        for s in strings(item):
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return row, s[e.start]
+    return None

@@ -30,41 +30,78 @@ def _open_input(path: str | Path, mode: str = "r", **kwargs):
 def read_rows(path: str | Path) -> Iterator[tuple[str, object]]:
     """("file:line", row) for each non-blank row of a prediction input: JSON lines (a `{` line, or .jsonl/.json),
     TSV/CSV with a header (.tsv/.csv: a dict per row by column name, empty cells left out), otherwise one text
-    a line."""
+    a line. The rows come as the file is read, so memory stays bounded whatever its size.
+
+    Lines end at "\\n" (a "\\r" before it is dropped), as `count_rows` counts them and the task readers read
+    them; a leading BOM is dropped. A TSV is split at its tabs with no quoting, as `bertkit finetune` reads one
+    (`readers.delimited_rows`); a CSV keeps CSV quoting, and a row that spans lines is named by its first line.
+    Every problem (not UTF-8, bad JSON, a row of the wrong width, bad CSV quoting) is a one-line UserError naming
+    the file and line."""
+    from bertkit.tasks.readers import check_characters, parse_json
+
     path = Path(path)
     suffix = path.suffix.lower()
-    with _open_input(path, encoding="utf-8", newline="") as handle:
-        try:
-            if suffix in (".tsv", ".csv"):
-                reader = csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-                header = next(reader, None)
-                if not header:
-                    raise UserError(f"{path}: empty file")
-                header[0] = header[0].removeprefix("\ufeff")
-                for row in reader:
-                    where = f"{path}:{reader.line_num}"
-                    if not any(cell.strip() for cell in row):
-                        continue
-                    if len(row) != len(header):
-                        raise UserError(f"{where}: expected {len(header)} columns ({', '.join(header)}), got {len(row)}")
-                    yield where, {k: v for k, v in zip(header, row) if v != ""}  # an empty cell: no value
-                return
-            for n, line in enumerate(handle, 1):
-                line = line.rstrip("\r\n").removeprefix("\ufeff") if n == 1 else line.rstrip("\r\n")
-                if not line.strip():
+    with _open_input(path, "rb") as handle:
+        lines = _decoded_lines(path, handle)
+        if suffix in (".tsv", ".csv"):
+            rows = _tsv_rows(lines) if suffix == ".tsv" else _csv_rows(path, (line for _, line in lines))
+            _, header = next(rows, (0, None))
+            if header is None:
+                raise UserError(f"{path}: empty file")
+            columns = ", ".join(map(repr, header))
+            for n, row in rows:
+                if not any(cell.strip() for cell in row):
                     continue
                 where = f"{path}:{n}"
-                if line.lstrip().startswith("{") or suffix in (".jsonl", ".json"):
-                    try:
-                        yield where, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{where}: bad JSON ({e.msg})") from None
-                else:
-                    yield where, line
+                if len(row) != len(header):
+                    raise UserError(f"{where}: expected {len(header)} columns ({columns}), got {len(row)}")
+                yield where, {k: v for k, v in zip(header, row) if v != ""}  # an empty cell: no value
+            return
+        for n, line in lines:
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            if line.lstrip().startswith("{") or suffix in (".jsonl", ".json"):
+                row = parse_json(line, path, n)
+                if "\\u" in line:  # only a \u escape can make a lone surrogate, which nothing downstream takes
+                    check_characters(json.dumps(row, ensure_ascii=False), where, "the row")
+                yield where, row
+            else:
+                yield where, line
+
+
+def _decoded_lines(path: Path, handle) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line with its "\\n") of a file opened in binary, decoded from UTF-8 less a BOM."""
+    for n, data in enumerate(handle, 1):
+        try:
+            line = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"--input {path}: not UTF-8 ({e.reason})") from None
-        except csv.Error as e:
-            raise UserError(f"{path}: {e}") from None
+            raise UserError(f"{path}:{n}: not UTF-8 (byte 0x{data[e.start]:02x}); convert the file to UTF-8") from None
+        yield n, line.removeprefix("\ufeff") if n == 1 else line
+
+
+def _tsv_rows(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, list[str]]]:
+    """(line, cells) of each non-empty line split at its tabs, as `readers.delimited_rows` splits a TSV."""
+    for n, line in lines:
+        line = line.removesuffix("\n").removesuffix("\r")
+        if line:
+            yield n, line.split("\t")
+
+
+def _csv_rows(path: Path, lines: Iterator[str]) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, cells) of each non-empty CSV row."""
+    from bertkit.tasks.readers import csv_problem
+
+    reader = csv.reader(lines)
+    start = 1
+    try:
+        for row in reader:
+            if row:
+                yield start, row
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UserError(f"{path}:{start}: {csv_problem(e)}") from None
 
 
 def count_rows(path: str | Path) -> int:

@@ -13,7 +13,6 @@ from bertkit.config import load_config
 from bertkit.errors import UserError
 from bertkit.modeling import BertForPreTraining
 from bertkit.training import Trainer, TrainingArgs
-from bertkit.training.checkpointing import find_resume_checkpoint
 from bertkit.training.distributed import barrier, setup, teardown
 from bertkit.training.objectives import PretrainingObjective
 
@@ -107,12 +106,7 @@ def run_pretraining(a: PretrainArgs) -> dict:
             model, train_data, lambda items, idx, epoch: collator(items, epoch), objective, a.training, dist, device,
             evaluate=evaluate, save_extra=tokenizer.save_pretrained,
         )
-        if a.resume:
-            path = find_resume_checkpoint(a.resume, a.out_dir)
-            if path is not None:
-                trainer.resume_from(path)
-            elif dist.is_main:
-                logger.info("--resume %s: no checkpoint under %s yet, starting fresh", a.resume, a.out_dir)
+        trainer.start_or_resume(a.resume)
         return trainer.train()
     finally:
         teardown()

@@ -12,7 +12,7 @@ from torch import nn
 
 from bertkit.config import BertConfig
 from bertkit.modeling.outputs import BaseModelOutput
-from bertkit.modeling.padding import Packing, pad, unpad
+from bertkit.modeling.padding import Packing, attention_mask_4d, pad, unpad
 from bertkit.modeling.pretrained import BertPreTrainedModel
 
 ACT2FN = {
@@ -214,10 +214,9 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, L) 1/0 mask -> (B, 1, 1, L) bool for SDPA, or None when nothing is padded (lets SDPA take its fast path)."""
     if attention_mask is None:
         return None
-    mask = attention_mask.bool()
-    if not torch.compiler.is_compiling() and mask.all():  # data-dependent: compiled and exported graphs keep the mask
+    if not torch.compiler.is_compiling() and attention_mask.bool().all():  # data-dependent: compiled graphs keep it
         return None
-    return mask[:, None, None, :]
+    return attention_mask_4d(attention_mask)
 
 
 class BertModel(BertPreTrainedModel):

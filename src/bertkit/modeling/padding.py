@@ -19,6 +19,15 @@ class Packing:
     mask: torch.Tensor  # (B, 1, 1, L) bool, True = real token, for attention over re-padded q/k/v
 
 
+def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) 1/0 -> (B, 1, 1, L) bool, True = attend. A row with no token at all (fully padded) attends to every
+    position instead: its outputs are meaningless but finite, and the same on the SDPA and eager paths (SDPA gives
+    NaN for a query that may attend nowhere)."""
+    mask = attention_mask.bool()
+    mask = mask | ~mask.any(dim=1, keepdim=True)
+    return mask[:, None, None, :]
+
+
 def unpad(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Packing]:
     """(B, L, H), (B, L) 1/0 -> (T, H) real tokens in row-major order, and the Packing to undo it.
 
@@ -28,7 +37,7 @@ def unpad(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Ten
     indices = flat.nonzero(as_tuple=True)[0]  # (T,)
     seqlens = attention_mask.sum(dim=1, dtype=torch.int32)  # (B,)
     cu_seqlens = torch.nn.functional.pad(seqlens.cumsum(0, dtype=torch.int32), (1, 0))  # (B+1,)
-    packing = Packing(indices, cu_seqlens, int(seqlens.max()), B, L, attention_mask.bool()[:, None, None, :])
+    packing = Packing(indices, cu_seqlens, int(seqlens.max()), B, L, attention_mask_4d(attention_mask))
     return hidden.reshape(B * L, -1)[indices], packing
 
 

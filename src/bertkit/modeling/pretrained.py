@@ -74,12 +74,17 @@ class BertPreTrainedModel(nn.Module):
         `config_overrides` set config fields before the model is built, e.g. `num_labels=3` or `id2label={...}`.
         Heads absent from the checkpoint are initialised and listed in a warning; `model.loading_info` has the
         missing, unexpected and mismatched keys.
+
+        A damaged checkpoint is a one-line UserError naming the file: config.json missing, not JSON or with a
+        field of the wrong type (`checkpoint.load_config`); weights missing, truncated or corrupt, or a tensor of
+        the wrong shape or dtype, named too (`checkpoint.load_into_model`: float16, bfloat16 and float64 weights
+        are cast to the model's dtype, integer, bool and float8 tensors are refused).
         """
-        from bertkit.checkpoint import load_into_model, resolve_model_dir
+        from bertkit.checkpoint import load_config, load_into_model, resolve_model_dir
 
         directory = resolve_model_dir(name_or_path)
         if config is None:
-            config = BertConfig.from_pretrained(directory)
+            config = load_config(directory)
         for key, value in config_overrides.items():
             if not hasattr(config, key):
                 raise TypeError(f"{cls.__name__}.from_pretrained got an unknown config field {key!r}")

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,9 +88,12 @@ def delimited_rows(path: str | Path, text: str, delimiter: str) -> list[tuple[in
     """(line number where the row starts, fields) for each non-blank row.
 
     Quoting is off for tabs: GLUE's TSVs (STS-B, MRPC) hold text that starts with a quote and never closes it,
-    which a CSV reader would run on into the next rows. CSV files keep CSV quoting, so a field may span lines."""
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting)
+    which a CSV reader would run on into the next rows, so a tab-separated line is split at its tabs and nothing
+    else (a stray \\r inside it stays text, and a line may be of any length). CSV files keep CSV quoting, so a
+    field may span lines."""
+    if delimiter == "\t":
+        return [(line, s.split("\t")) for line, s in numbered_lines(text) if s]
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
     rows, start = [], 1
     try:
         for fields in reader:
@@ -97,8 +101,19 @@ def delimited_rows(path: str | Path, text: str, delimiter: str) -> list[tuple[in
                 rows.append((start, fields))
             start = reader.line_num + 1
     except csv.Error as e:
-        raise UserError(f"{path}:{start}: {e}") from None
+        raise UserError(f"{path}:{start}: {csv_problem(e)}") from None
     return rows
+
+
+def csv_problem(e: csv.Error) -> str:
+    """csv's error in a user's words: its messages give advice about opening files in Python."""
+    message = str(e)
+    if message.startswith("new-line character seen in unquoted field"):
+        return "a carriage return (\\r) inside an unquoted field; quote the field or end lines with \\n or \\r\\n"
+    if message.startswith("field larger than field limit"):
+        return (f"a field longer than {csv.field_size_limit()} characters: a quote (\") that is never closed "
+                "runs on to the end of the file")
+    return message
 
 
 def column_index(path, header: list[str] | None, width: int, wanted: str | int | None, defaults: Sequence[str]
@@ -147,8 +162,9 @@ def read_text_examples(path: str | Path, text_column: str | int | None = None, p
     pair_i = column_index(path, header, width, pair_column, PAIR_COLUMNS)
     label_i = column_index(path, header, width, label_column, LABEL_COLUMNS)
     if text_i is None:
-        raise UserError(f"{path}: no text column ({' or '.join(TEXT_COLUMNS)}); the columns are "
-                        f"{', '.join(map(repr, header))}: choose one with text_column")
+        columns = f"the columns are {', '.join(map(repr, header))}" if header else f"the rows have {width} columns"
+        raise UserError(f"{path}: no text column ({' or '.join(TEXT_COLUMNS)}); {columns}: choose one with "
+                        "text_column")
 
     def parse(row: tuple[int, list[str]]) -> TextExample:
         line, fields = row
@@ -160,15 +176,50 @@ def read_text_examples(path: str | Path, text_column: str | int | None = None, p
     return keep_good(rows, parse, skip_bad_rows, path)
 
 
+def parse_json(s: str, path, line: int | None = None):
+    """`json.loads(s)` of line `line` of `path`, or of the whole file when `line` is None; what it cannot read is
+    a UserError naming the file and line (for a whole file, the line json gives, where it gives one).
+
+    Besides syntax errors json raises RecursionError for arrays nested thousands deep and ValueError for an
+    integer of more than 4300 digits; neither is data a reader can use."""
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError as e:
+        at = where if line is not None else f"{path}:{e.lineno}"
+        raise UserError(f"{at}: bad JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise UserError(f"{where}: bad JSON (nested too deeply)") from None
+    except ValueError:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise UserError(f"{where}: bad JSON (an integer of more than {sys.get_int_max_str_digits()} digits)") from None
+
+
+def check_characters(value: str, where: str, field: str) -> str:
+    """`value`, or a UserError if it holds a lone surrogate: JSON's "\\ud800" escape decodes to one, but it is no
+    character, and neither the tokenizer nor a UTF-8 output file can take it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: {field} holds a lone surrogate \\u{ord(value[e.start]):04x} (half of a \\u escape "
+                        "pair), which is not a character") from None
+    return value
+
+
 def _json_label(value, where: str) -> str | list[str] | None:
     """Labels as strings, as the TSV reader gives them: 1 -> "1", 4.5 -> "4.5", ["a", 2] -> ["a", "2"]."""
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
+    if isinstance(value, str):
+        return check_characters(value, where, "the label")
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
-        return [str(v) for v in value]
+        return [check_characters(v, where, "the label") if isinstance(v, str) else str(v) for v in value]
     raise UserError(f"{where}: the label must be a string, a number or a list of them, not {json.dumps(value)[:40]}")
+
+
+def _fields_of(obj: dict) -> str:
+    return f"the fields are {', '.join(map(repr, obj))}" if obj else "the object is empty"
 
 
 def _read_json_lines(path, text: str, text_key: str | None, pair_key: str | None, label_key: str | None,
@@ -181,25 +232,24 @@ def _read_json_lines(path, text: str, text_key: str | None, pair_key: str | None
     def parse(row: tuple[int, str]) -> TextExample:
         line, s = row
         where = f"{path}:{line}"
-        try:
-            obj = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
+        obj = parse_json(s, path, line)
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         keys = {}
         for field, wanted, defaults in (("text", text_key, TEXT_COLUMNS), ("pair", pair_key, PAIR_COLUMNS),
                                         ("label", label_key, LABEL_COLUMNS)):
             if wanted is not None and wanted not in obj:
-                raise UserError(f"{where}: no field {wanted!r}; the fields are {', '.join(map(repr, obj))}")
+                raise UserError(f"{where}: no field {wanted!r}; {_fields_of(obj)}")
             keys[field] = wanted or next((k for k in defaults if k in obj), None)
         if keys["text"] is None:
-            raise UserError(f"{where}: no text field ({' or '.join(TEXT_COLUMNS)}); "
-                            f"the fields are {', '.join(map(repr, obj))}")
+            raise UserError(f"{where}: no text field ({' or '.join(TEXT_COLUMNS)}); {_fields_of(obj)}")
         text_value = obj[keys["text"]]
         pair_value = obj.get(keys["pair"]) if keys["pair"] else None
         if not isinstance(text_value, str) or not isinstance(pair_value, (str, type(None))):
             raise UserError(f"{where}: the text fields must be strings")
+        check_characters(text_value, where, "the text")
+        if pair_value is not None:
+            check_characters(pair_value, where, "the text pair")
         label = _json_label(obj.get(keys["label"]) if keys["label"] else None, where)
         return TextExample(text_value, pair_value, label, where)
 
@@ -293,9 +343,17 @@ def locate_answer(context: str, text: str, start: int) -> int | None:
 
 def _field(obj, key: str, kind, where: str):
     value = obj.get(key) if isinstance(obj, dict) else None
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or isinstance(value, bool):  # JSON's true is no number here
         raise UserError(f"{where}: missing or malformed field {key!r}")
+    if isinstance(value, str):
+        check_characters(value, where, f"field {key!r}")
     return value
+
+
+def _question_name(qid: str) -> str:
+    """A question id as it reads in a message: as it is, or quoted when it is empty, holds a line break or another
+    unprintable character, or has spaces at its ends."""
+    return qid if qid and qid.isprintable() and qid.strip() == qid else repr(qid)
 
 
 def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]:
@@ -307,11 +365,7 @@ def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]
     only, as CMRC's official evaluation keeps it. Any other answer whose text is nowhere in the context is an
     error naming the question id, or with `skip_bad_rows` is dropped (the question stays, with its other
     answers). A file that is not SQuAD-shaped (missing fields) is always an error."""
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+    data = parse_json(read_text(path), path)
     examples, moved, dropped = [], 0, []
     for a, article in enumerate(_field(data, "data", list, f"{path}: not SQuAD JSON")):
         for p, paragraph in enumerate(_field(article, "paragraphs", list, f"{path}: article {a}")):
@@ -319,7 +373,8 @@ def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]
             context = _field(paragraph, "context", str, in_paragraph)
             for qa in _field(paragraph, "qas", list, in_paragraph):
                 qid = str(_field(qa, "id", (str, int), in_paragraph))
-                where = f"{path}: question {qid}"
+                name = _question_name(qid)
+                where = f"{path}: question {name}"
                 answers = []
                 for answer in _field(qa, "answers", list, where):
                     answer_text = _field(answer, "text", str, where)
@@ -336,8 +391,11 @@ def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]
                         continue
                     moved += found != start
                     answers.append(Answer(answer_text, found))
+                impossible = qa.get("is_impossible", False)
+                if impossible not in (True, False) or isinstance(impossible, float):  # True, False, 1 or 0
+                    raise UserError(f"{where}: missing or malformed field 'is_impossible'")
                 examples.append(QAExample(qid, _field(qa, "question", str, where), context, answers,
-                                          bool(qa.get("is_impossible", False)), f"{path}:{qid}"))
+                                          bool(impossible), f"{path}:{name}"))
     if moved:
         warnings.warn(f"{path}: moved {moved} answers whose answer_start did not point at their text to the "
                       "nearest occurrence of the text", stacklevel=2)
@@ -350,13 +408,16 @@ def read_squad(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]
 def read_token_examples(path: str | Path, skip_bad_rows: bool = False) -> list[TokenExample]:
     """A tagging file in any of the formats above, its tags checked and turned into IOB2: one sentence a line
     (`chars<TAB>tags`, both space-separated, as Resume NER) or columns (CoNLL, one character a line), in IOB1,
-    IOB2, BIOES or BMES."""
+    IOB2, BIOES or BMES. A one-column file has no tags: its sentences come back with tags=None, as from
+    `read_conll`."""
     from bertkit.tasks.tags import detect_scheme, to_iob2, validate_tags
 
     first = next((line for _, line in numbered_lines(read_text(path)) if line.strip()), "")
     parts = first.split("\t")
     one_line = len(parts) == 2 and len(parts[0].split()) == len(parts[1].split()) > 1
     examples = read_sentence_per_line(path, skip_bad_rows) if one_line else read_conll(path, skip_bad_rows=skip_bad_rows)
+    if examples and examples[0].tags is None:  # a one-column file: tokens only (the task says where it needs tags)
+        return examples
     scheme = detect_scheme([e.tags for e in examples])
     for e in examples:
         validate_tags(e.tags, scheme, e.source)

@@ -1,9 +1,24 @@
-"""Training checkpoints: model, optimizer, scheduler, RNG states and the data position, written as a directory
-that appears atomically (written under a temporary name, then renamed), the last K kept."""
+"""Training checkpoints: model, optimizer, scheduler, every process's RNG states and the data position.
+
+A checkpoint is a directory written under a temporary name, fsynced and renamed into place, so a kill at any moment
+leaves the previous checkpoints as they were; the last K are kept. `manifest.json` holds the SHA-256 of every file,
+so a checkpoint damaged later (truncated, flipped bytes) is found at resume and skipped for the previous good one.
+A save that fails (no space left, an I/O error) removes its partial directory and stops the run with one line.
+
+    step-00000100/
+        model.safetensors, config.json   the model, loadable as it is
+        optimizer.pt                     optimizer, scheduler and GradScaler states
+        rng.pt                           {rank: RNG states} of every process (dropout streams differ per rank)
+        trainer_state.json               step, elapsed time, best metric, the run's arguments
+        manifest.json                    {file: sha256}; written last
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -14,7 +29,10 @@ import torch
 
 from bertkit.errors import UserError
 
+logger = logging.getLogger("bertkit")
+
 PREFIX = "step-"
+MANIFEST = "manifest.json"
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -26,6 +44,14 @@ def _fsync_tree(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def rng_state() -> dict:
@@ -46,29 +72,44 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def _no_space_hint(e: OSError) -> str:
+    return " (no space left on the device)" if e.errno == errno.ENOSPC else ""
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, scaler, trainer_state: dict,
-                    keep_last: int) -> Path:
-    """root/step-00000100/{model.safetensors, config.json, optimizer.pt, trainer_state.json}; returns its path."""
-    root.mkdir(parents=True, exist_ok=True)
+                    keep_last: int, rng_states: dict[int, dict] | None = None) -> Path:
+    """root/step-00000100/ as the module docstring lays out; returns its path. `rng_states`: {rank: rng_state()} of
+    every process (default: this process's as rank 0). Any OSError while writing becomes a UserError, with the
+    partial directory removed and the older checkpoints untouched."""
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rng_state(),
-        },
-        tmp / "optimizer.pt",
-    )
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    _fsync_tree(tmp)
-    if final.exists():  # the same step saved again (e.g. the final save right after a periodic one)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            },
+            tmp / "optimizer.pt",
+        )
+        torch.save(rng_states if rng_states is not None else {0: rng_state()}, tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(sums, indent=2))
+        _fsync_tree(tmp)
+        if final.exists():  # the same step saved again (e.g. the final save right after a periodic one)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(root) if root.is_dir() else []
+        previous = f"; the previous checkpoint {kept[-1]} is intact" if kept else ""
+        raise UserError(f"cannot save the checkpoint of step {step} under {root}: "
+                        f"{e.strerror or e}{_no_space_hint(e)}{previous}") from None
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -82,27 +123,79 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
+def verify_checkpoint(path: Path) -> str | None:
+    """None when every file of the checkpoint is there with the SHA-256 its manifest records; else what is wrong."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return f"no {MANIFEST}"
+    try:
+        sums = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        return f"{MANIFEST} unreadable ({e})"
+    if not isinstance(sums, dict):
+        return f"{MANIFEST} is not a JSON object"
+    for name, expected in sums.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if _sha256(file) != expected:
+            return f"{name} does not match its SHA-256 (truncated or corrupt)"
+    return None
+
+
+def _newest_good(checkpoints: list[Path]) -> Path | None:
+    for path in reversed(checkpoints):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        logger.warning("skipping the damaged checkpoint %s: %s", path, problem)
+    return None
+
+
 def find_resume_checkpoint(resume: str | os.PathLike, out_dir: Path) -> Path | None:
-    """`--resume auto`/`latest`: the newest checkpoint under out_dir (None to start fresh); else a given path."""
+    """`--resume auto`/`latest`: the newest intact checkpoint under out_dir (None to start fresh: the caller says so);
+    a damaged one is skipped for the previous, with a warning naming it. A run directory: its newest intact one.
+    A checkpoint directory: that one, which must be intact."""
     if str(resume) in ("auto", "latest"):
         found = list_checkpoints(out_dir / "checkpoints")
-        return found[-1] if found else None
+        good = _newest_good(found)
+        if found and good is None:
+            raise UserError(f"--resume {resume}: every checkpoint under {out_dir / 'checkpoints'} is damaged "
+                            "(see the warnings); delete them to start over")
+        return good
     path = Path(resume)
     if (path / "trainer_state.json").exists():
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise UserError(f"--resume {resume}: the checkpoint is damaged: {problem}")
         return path
     found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
     if not found:
         raise UserError(f"--resume {resume}: no training checkpoint found there")
-    return found[-1]
+    good = _newest_good(found)
+    if good is None:
+        raise UserError(f"--resume {resume}: every checkpoint there is damaged (see the warnings)")
+    return good
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
-    """Restore everything saved by save_checkpoint into live objects; returns the trainer state."""
+def resume_request(resume: str | None) -> str | None:
+    """What to resume from: the user's `--resume`, or "auto" when torchrun restarted this worker after a failure
+    (`--max-restarts`), so a replaced worker picks up from the newest checkpoint by itself."""
+    if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+        return "auto"
+    return resume
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
+    """Restore everything saved by save_checkpoint into live objects, with `rank`'s RNG states; returns the
+    trainer state."""
     from bertkit.checkpoint import load_into_model
 
     load_into_model(model, path)
     try:
         extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        rngs = torch.load(path / "rng.pt", map_location="cpu", weights_only=True) if (path / "rng.pt").exists() \
+            else {0: extra["rng"]}  # checkpoints written before rng.pt held one state, in optimizer.pt
         state = json.loads((path / "trainer_state.json").read_text())
     except Exception as e:
         raise UserError(f"{path}: cannot read the training checkpoint ({str(e).splitlines()[0][:200]})") from None
@@ -110,5 +203,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
     scheduler.load_state_dict(extra["scheduler"])
     if scaler is not None and extra["scaler"] is not None:
         scaler.load_state_dict(extra["scaler"])
-    set_rng_state(extra["rng"])
+    if rank not in rngs:
+        raise UserError(f"{path}: saved by {len(rngs)} processes, resumed by more (rank {rank} has no RNG state); "
+                        "resume with the same number of processes")
+    set_rng_state(rngs[rank])
     return state

@@ -12,12 +12,17 @@ logger = logging.getLogger("bertkit")
 class Logbook:
     """Writes `metrics.jsonl` (and `tensorboard/`) under out_dir. Created on rank 0 only."""
 
-    def __init__(self, out_dir: Path, resume_step: int = 0):
+    def __init__(self, out_dir: Path, resume_step: int = 0, redo_eval: bool = False):
+        """`redo_eval`: the evaluation at `resume_step` runs again (the final one), so its line is dropped too."""
         self.path = out_dir / "metrics.jsonl"
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume_step and self.path.exists():
             # Drop lines logged after the checkpoint we resume from: they will be logged again.
-            keep = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
+            def kept(record: dict) -> bool:
+                step = record.get("step", 0)
+                return step < resume_step or (step == resume_step and not (redo_eval and record.get("split") == "eval"))
+
+            keep = [line for line in self.path.read_text().splitlines() if kept(json.loads(line))]
             self.path.write_text("".join(line + "\n" for line in keep))
         elif self.path.exists():
             self.path.unlink()

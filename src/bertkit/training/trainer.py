@@ -1,9 +1,11 @@
 """The one training loop, for pretraining and fine-tuning alike.
 
 Exact resume by construction: the data order is a pure function of (seed, epoch), each micro-batch is a pure function
-of its global index, and a checkpoint holds model, optimizer, scheduler and every RNG state. Losses are summed per
-process and divided by the counts of the whole global batch, so N processes with batch b train exactly as one
-process with batch N*b.
+of its global index, and a checkpoint holds model, optimizer, scheduler and the RNG states of every process (each
+process draws its own dropout stream, seeded by its rank). Checkpoints are written at each evaluation, every
+`save_every` steps and every `save_minutes` of wall time, so a kill loses minutes at most; `--resume` then ends
+byte-identical to a run never killed. Losses are summed per process and divided by the counts of the whole global
+batch, so N processes with batch b train as one process with batch N*b.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from bertkit.errors import UserError
 from bertkit.settings import autocast_dtype
 from bertkit.training import checkpointing
-from bertkit.training.distributed import DistInfo, all_reduce_sum, barrier
+from bertkit.training.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from bertkit.training.logbook import Logbook, plot_metrics
 from bertkit.training.optim import make_optimizer, make_scheduler, resolve_warmup
 
@@ -46,7 +48,8 @@ class TrainingArgs:
     optimizer: str = "adamw"
     max_grad_norm: float = 1.0
     seed: int = 0
-    save_every: int = 0  # steps between checkpoints (0: only at the end)
+    save_every: int = 0  # steps between checkpoints (0: none by step count; see save_minutes and evaluations)
+    save_minutes: float = 5.0  # a checkpoint at least this often in wall time (0: off); also one at each evaluation
     keep_last: int = 2  # checkpoints kept on disk
     eval_every: int = 0  # steps between evaluations (0: only at the end)
     log_every: int = 10
@@ -70,20 +73,21 @@ class Objective(Protocol):
 def epoch_order(n: int, seed: int, epoch: int, global_batch: int, lengths: list[int] | None = None) -> torch.Tensor:
     """The order of the examples in an epoch: a seeded permutation. With `lengths`, examples of similar length are
     grouped (sorted within windows of 64 global batches), and the batches are then shuffled, so batches carry little
-    padding while their order stays random."""
+    padding while their order stays random. The n % global_batch examples that do not fill a batch sit out the epoch
+    (the caller drops the tail); they are chosen at random before grouping, so it is never the longest ones."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
     if lengths is None:
         return perm
+    full = n // global_batch * global_batch
+    kept, left_out = perm[:full], perm[full:]
     window = 64 * global_batch
     chunks = []
-    for start in range(0, n, window):
-        chunk = perm[start : start + window]
+    for start in range(0, full, window):
+        chunk = kept[start : start + window]
         chunks.append(chunk[torch.argsort(torch.as_tensor([lengths[i] for i in chunk.tolist()]), stable=True)])
-    grouped = torch.cat(chunks)
-    full = n // global_batch * global_batch  # a last partial batch is dropped by the caller anyway
-    batches = grouped[:full].view(-1, global_batch)
-    return torch.cat([batches[torch.randperm(len(batches), generator=g)].reshape(-1), grouped[full:]])
+    batches = torch.cat(chunks).view(-1, global_batch)
+    return torch.cat([batches[torch.randperm(len(batches), generator=g)].reshape(-1), left_out])
 
 
 class _MicroBatches(Dataset):
@@ -146,32 +150,66 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, args.optimizer, args.lr, args.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, resolve_warmup(args.warmup, args.max_steps), args.max_steps)
         self.amp_dtype = autocast_dtype(args.precision, device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         self.ddp = None
         if dist.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        # Dropout (and anything else drawing from the global RNGs) gets a stream of its own on each process; the
+        # weights are rank 0's on every process already (DDP broadcasts them above).
+        seed_everything(args.seed + 1_000_003 * dist.rank)
         # elapsed: wall time of the run (the --max-time budget); train_time: forward/backward/update only.
-        self.state = {"step": 0, "elapsed": 0.0, "train_time": 0.0, "skipped_steps": 0, "examples": 0, "tokens": 0,
-                      "best": None}
+        # skipped_steps: non-finite losses; overflow_steps: fp16 steps the GradScaler skipped (normal, not counted).
+        self.state = {"step": 0, "elapsed": 0.0, "train_time": 0.0, "skipped_steps": 0, "overflow_steps": 0,
+                      "examples": 0, "tokens": 0, "best": None, "world_size": dist.world_size}
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
 
     def resume_from(self, path: Path) -> None:
-        self.state.update(checkpointing.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler))
+        state = checkpointing.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler,
+                                              rank=self.dist.rank)
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise UserError(f"{path}: saved by a run of {saved_world} processes, resumed with "
+                            f"{self.dist.world_size}; resume with the same number of processes")
+        self.state.update(state)
         if self.dist.is_main:
-            logger.info("resumed from %s at step %d", path, self.state["step"])
+            logger.warning("resumed from %s at step %d", path, self.state["step"])  # shown without --verbose
+
+    def start_or_resume(self, resume: str | None) -> None:
+        """Resume from `resume` ("auto": the newest intact checkpoint under out_dir; or a path), or by itself when
+        torchrun restarted this worker after a failure. Says so when there is nothing to resume from, and when a
+        fresh start will replace an earlier run's checkpoints."""
+        resume = checkpointing.resume_request(resume)
+        root = self.args.out_dir / "checkpoints"
+        if resume:
+            path = checkpointing.find_resume_checkpoint(resume, self.args.out_dir)
+            if path is not None:
+                self.resume_from(path)
+            elif self.dist.is_main:
+                logger.warning("--resume %s: no checkpoint under %s yet, starting from step 0", resume, root)
+        elif self.dist.is_main and checkpointing.list_checkpoints(root):
+            logger.warning("%s holds checkpoints of an earlier run: starting from step 0 (--resume continues it)",
+                           root)
 
     def save(self) -> Path | None:
-        path = None
+        """A checkpoint of this step (every process takes part: each one's RNG states go into it). A failed save
+        stops every process with the same one-line error; the previous checkpoints stay as they were."""
+        rngs = dict(enumerate(all_gather_objects(checkpointing.rng_state())))
+        path, error = None, None
         if self.dist.is_main:
             state = {**self.state, "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.args).items()}}
-            path = checkpointing.save_checkpoint(
-                self.args.out_dir / "checkpoints", self.state["step"], self.model, self.optimizer, self.scheduler,
-                self.scaler, state, self.args.keep_last,
-            )
-        barrier()
+            try:
+                path = checkpointing.save_checkpoint(
+                    self.args.out_dir / "checkpoints", self.state["step"], self.model, self.optimizer, self.scheduler,
+                    self.scaler, state, self.args.keep_last, rngs,
+                )
+            except UserError as e:
+                error = str(e)
+        if all_reduce_sum([float(error is not None)], self.device)[0]:
+            raise UserError(error or "rank 0 could not save the checkpoint (its message says why); stopping")
+        self._last_save = self.state["elapsed"]
         return path
 
     # ---- one optimizer step -----------------------------------------------------------------------------------
@@ -208,16 +246,21 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
         metrics["grad_norm"] = grad_norm.item()
-        finite = math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])
+        loss_ok, grads_ok = math.isfinite(metrics["loss"]), math.isfinite(metrics["grad_norm"])
         if self.scaler:
-            self.scaler.step(self.optimizer)  # skips the update itself when gradients overflowed
+            # fp16: gradients that overflowed at the current loss scale are the scaler's business: it skips the
+            # update and lowers the scale. Only a non-finite loss itself is a bad step.
+            self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif finite:
-            self.optimizer.step()
-        if finite:
-            self.scheduler.step()
+            status = "ok" if loss_ok and grads_ok else "overflow" if loss_ok else "bad"
+        else:
+            status = "ok" if loss_ok and grads_ok else "bad"
+            if status == "ok":
+                self.optimizer.step()
+        if status != "bad":
+            self.scheduler.step()  # the schedule follows the step count, overflow steps included
         self.optimizer.zero_grad(set_to_none=True)
-        return metrics, finite
+        return metrics, status
 
     def _run_eval(self, logbook: Logbook | None) -> dict[str, float] | None:
         if self.evaluate is None:
@@ -232,24 +275,33 @@ class Trainer:
             torch.set_rng_state(rng)
             logbook.log(self.state["step"], "eval", metrics)
             logger.info("step %d eval: %s", self.state["step"], _fmt(metrics))
-            if self.best_metric and metrics.get(self.best_metric) is not None:
+            value = metrics.get(self.best_metric) if self.best_metric else None
+            if value is not None and not math.isfinite(value):
+                logger.warning("step %d: %s is %s: this model cannot be the best", self.state["step"],
+                               self.best_metric, value)
+            elif value is not None:
                 best = self.state.get("best")
-                if best is None or metrics[self.best_metric] > best["value"]:
-                    self.state["best"] = {"step": self.state["step"], "value": metrics[self.best_metric]}
+                if best is None or value > best["value"]:
+                    self.state["best"] = {"step": self.state["step"], "value": value}
                     self._export(self.args.out_dir)
         barrier()
         return metrics
 
     def _export(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
-        if self.save_extra:
-            self.save_extra(directory)
+        try:
+            self.model.save_pretrained(directory)
+            if self.save_extra:
+                self.save_extra(directory)
+        except OSError as e:
+            raise UserError(f"cannot write the model into {directory}: {e.strerror or e}; the training checkpoints "
+                            f"are in {self.args.out_dir / 'checkpoints'}") from None
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
     def train(self) -> dict:
         args, dist = self.args, self.dist
-        logbook = Logbook(args.out_dir, self.state["step"]) if dist.is_main else None
+        logbook = Logbook(args.out_dir, self.state["step"], redo_eval=self.state["step"] >= args.max_steps) \
+            if dist.is_main else None
         start_step = self.state["step"]
         first_micro = start_step * args.grad_accum
         loader = DataLoader(
@@ -267,23 +319,27 @@ class Trainer:
                    mininterval=0.1 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s, not each step
         self.model.train()
         t0, elapsed0, bad_in_row = time.perf_counter(), self.state["elapsed"], 0
+        self._last_save = elapsed0
         window: dict[str, list] = {}
         it = iter(loader)
         stop_reason = "max_steps"
         while self.state["step"] < args.max_steps:
             t_step = time.perf_counter()
             micro = [next(it) for _ in range(args.grad_accum)]
-            metrics, applied = self._step(micro)
+            metrics, status = self._step(micro)
             self.state["train_time"] += time.perf_counter() - t_step
             step = self.state["step"] = self.state["step"] + 1
             self.state["examples"] += self.batches.global_batch * args.grad_accum
             self.state["tokens"] += int(all_reduce_sum([sum(int(b["attention_mask"].sum()) for b in micro)],
                                                        self.device)[0])
             self.state["elapsed"] = elapsed0 + time.perf_counter() - t0
-            if applied:
+            if status == "ok":
                 bad_in_row = 0
                 for k, v in metrics.items():
                     window.setdefault(k, []).append(v)
+            elif status == "overflow":
+                self.state["overflow_steps"] += 1
+                logger.info("step %d: fp16 gradients overflowed; the GradScaler skipped the update", step)
             else:
                 bad_in_row += 1
                 self.state["skipped_steps"] += 1
@@ -304,10 +360,15 @@ class Trainer:
                 bar.set_postfix({k: f"{logged[k]:.3g}" for k in list(window)[:3]})
                 window = {}
             over_time = args.max_time is not None and self.state["elapsed"] >= args.max_time
-            over_time = bool(all_reduce_sum([float(over_time)], self.device)[0])  # all ranks stop together
+            save_due = bool(args.save_minutes) and self.state["elapsed"] - self._last_save >= 60 * args.save_minutes
+            # every rank decides as one: stop together, save together
+            over_time, save_due = (bool(x) for x in all_reduce_sum([float(over_time), float(save_due)], self.device))
+            evaluated = False
             if args.eval_every and step % args.eval_every == 0 and step != args.max_steps and not over_time:
                 self._run_eval(logbook)
-            if args.save_every and step % args.save_every == 0:
+                evaluated = True
+            if step != args.max_steps and not over_time and (
+                    evaluated or save_due or (args.save_every and step % args.save_every == 0)):
                 self.save()
             if over_time:
                 stop_reason = "max_time"
@@ -323,6 +384,17 @@ class Trainer:
         barrier()
         peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
         return {"stop_reason": stop_reason, "eval": final_eval, "peak_rss_mib": round(peak_rss_mib, 1), **self.state}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), Python's and NumPy's global RNGs."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
