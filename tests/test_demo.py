@@ -9,6 +9,7 @@ import pytest
 from clihelp import run_cli as run
 
 
+@pytest.mark.slow  # 80 s on 2 cores: `make test-slow` (CI runs it)
 @pytest.mark.needs_data("sst2")
 def test_demo_trains_evaluates_classifies_and_leaves_a_model(tmp_path):
     out = tmp_path / "demo"

@@ -72,8 +72,13 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def _no_space_hint(e: OSError) -> str:
-    return " (no space left on the device)" if e.errno == errno.ENOSPC else ""
+def write_error(e: BaseException) -> str:
+    """One line for a failed write: OSError's own words, or the first line of what safetensors/torch.save raised,
+    with "no space left on the device" said plainly when that is the cause."""
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).strip().splitlines()
+    text = text[0][:300] if text else type(e).__name__
+    full = isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e) or "os error 28" in str(e)
+    return text + (" (no space left on the device)" if full and "no space left" not in text.lower() else "")
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, scaler, trainer_state: dict,
@@ -104,12 +109,12 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, scaler, 
         if final.exists():  # the same step saved again (e.g. the final save right after a periodic one)
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - any failure while writing is a failed save (safetensors and torch.save
+        # report a full disk as their own errors, not OSError)
         shutil.rmtree(tmp, ignore_errors=True)
         kept = list_checkpoints(root) if root.is_dir() else []
         previous = f"; the previous checkpoint {kept[-1]} is intact" if kept else ""
-        raise UserError(f"cannot save the checkpoint of step {step} under {root}: "
-                        f"{e.strerror or e}{_no_space_hint(e)}{previous}") from None
+        raise UserError(f"cannot save the checkpoint of step {step} under {root}: {write_error(e)}{previous}") from None
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

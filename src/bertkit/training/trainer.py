@@ -292,9 +292,9 @@ class Trainer:
             self.model.save_pretrained(directory)
             if self.save_extra:
                 self.save_extra(directory)
-        except OSError as e:
-            raise UserError(f"cannot write the model into {directory}: {e.strerror or e}; the training checkpoints "
-                            f"are in {self.args.out_dir / 'checkpoints'}") from None
+        except Exception as e:  # noqa: BLE001 - a failed write, whatever library reports it
+            raise UserError(f"cannot write the model into {directory}: {checkpointing.write_error(e)}; the training "
+                            f"checkpoints are in {self.args.out_dir / 'checkpoints'}") from None
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
