@@ -342,7 +342,7 @@ def test_from_pretrained_resolves_the_bundled_name(ours):
 
 def test_missing_vocab_names_the_directory(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(UserError) as err:
         BertTokenizer.from_pretrained(tmp_path)
     message = str(err.value)
     assert str(tmp_path) in message and "tokenizer.json" in message and "vocab.txt" in message

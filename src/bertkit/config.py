@@ -113,6 +113,11 @@ class BertConfig:
             raise UserError(f"{path}: not a valid JSON config ({e})") from None
         if not isinstance(d, dict):
             raise UserError(f"{path}: expected a JSON object")
+        from bertkit.checkpoint import config_problem  # the field checks from_pretrained makes, for every reader
+
+        problem = config_problem(d)
+        if problem:
+            raise UserError(f"{path}: {problem}")
         try:
             return cls.from_dict(d)
         except TypeError as e:

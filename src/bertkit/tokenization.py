@@ -158,7 +158,7 @@ class BertTokenizer:
         elif (model_dir / VOCAB_FILE).is_file():
             files["vocab_file"] = model_dir / VOCAB_FILE
         else:
-            raise FileNotFoundError(
+            raise UserError(
                 f"no tokenizer vocabulary in {model_dir}: looked for {TOKENIZER_FILE} and {VOCAB_FILE}")
         return cls(**files, **{**_read_settings(model_dir), **overrides})
 

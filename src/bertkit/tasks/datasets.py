@@ -191,6 +191,8 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def _tags_as_iob2(example: TokenExample, scheme: str) -> TokenExample:
+    if example.tags is None:
+        raise UserError(f"{example.source}: no tag column (a line is a token and its tag)")
     validate_tags(example.tags, scheme, example.source)
     return TokenExample(example.tokens, to_iob2(example.tags), example.source)
 
