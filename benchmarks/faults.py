@@ -100,7 +100,7 @@ def killed_until_done(cmd: list[str], out: Path, kills: int, rng: random.Random)
     """Run `cmd`, SIGKILL its process group at a random moment after it has made progress, resume, and repeat
     `kills` times; then let the last resume finish. Returns what happened."""
     shutil.rmtree(out, ignore_errors=True)
-    done_kills, killed_at, resumes_exact = 0, [], True
+    done_kills, killed_at = 0, []
     first = True
     while True:
         proc = subprocess.Popen(cmd if first else [*cmd, "--resume"], env=ENV, stdout=subprocess.DEVNULL,
@@ -117,7 +117,9 @@ def killed_until_done(cmd: list[str], out: Path, kills: int, rng: random.Random)
             time.sleep(0.01)  # wait for progress past the checkpoint it resumed from
         time.sleep(rng.uniform(0, 0.6))
         if proc.poll() is not None:  # it finished before the kill: nothing more to kill
-            proc.communicate()
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                sys.exit(f"a resumed run failed (exit {proc.returncode}) after {done_kills} kills:\n{err[-3000:]}")
             break
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

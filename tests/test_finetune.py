@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clihelp import DATA, run_cli as run
+from clihelp import run_cli as run
 import torch
 
 import bertkit
@@ -148,3 +148,46 @@ def test_answer_not_in_context_names_the_question(tiny_model, tmp_path):
 def test_evaluate_rejects_a_model_of_another_task(tiny_model, tmp_path):
     r = run("evaluate", "--model", tiny_model, "--task", "text-classification", "--dataset", "sst2", check=False)
     assert r.returncode == 2 and "BertModel checkpoint, which cannot run text-classification" in r.stderr, r.stderr
+
+
+def _pos_neg_file(path: Path, n: int = 24) -> Path:
+    rows = ["text\tlabel"] + [f"a great and wonderful film {i}\tpos" for i in range(n)] + \
+           [f"a dull and boring film {i}\tneg" for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_the_final_model_is_kept_by_default_and_dev_never_chooses(tiny_model, tmp_path):
+    train = _pos_neg_file(tmp_path / "train.tsv")
+    out = tmp_path / "final"
+    result = bertkit.finetune(out, str(tiny_model), "text-classification", train=str(train), dev=str(train),
+                              max_steps=6, eval_every=2, batch_size=8, lr=1e-3, progress=False)
+    assert result["selected_by"] == "final" and result["best"] is None and result["step"] == 6
+    last = out / "checkpoints" / "step-00000006" / "model.safetensors"
+    assert (out / "model.safetensors").read_bytes() == last.read_bytes()
+    assert bertkit.evaluate(str(out), data=str(train)) == result["eval"]
+
+
+def test_validation_fraction_selects_on_a_split_carved_from_train(tiny_model, tmp_path):
+    train = _pos_neg_file(tmp_path / "train.tsv")
+    dev = _pos_neg_file(tmp_path / "dev.tsv", 8)
+    out = tmp_path / "selected"
+    result = bertkit.finetune(out, str(tiny_model), "text-classification", train=str(train), dev=str(dev),
+                              validation_fraction=0.25, max_steps=8, eval_every=2, batch_size=8, lr=1e-3,
+                              progress=False, keep_last=10)
+    assert result["selected_by"] == "validation (0.25 of train)"
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in evals if x["split"] == "eval"]
+    best = max(evals, key=lambda x: x["accuracy"])  # the first of the best values: later ties do not replace it
+    assert result["best"] == {"step": best["step"], "value": best["accuracy"]}
+    # the kept model is that step's, and `eval` is its score on dev (which played no part in choosing it)
+    kept = out / "checkpoints" / f"step-{best['step']:08d}" / "model.safetensors"
+    assert (out / "model.safetensors").read_bytes() == kept.read_bytes()
+    assert result["eval"] == bertkit.evaluate(str(out), data=str(dev))
+    assert len(evals) == 4  # validation at steps 2, 4, 6, 8: 12 carved examples, the other 36 trained on
+
+
+def test_evaluate_split_must_exist(tiny_model):
+    r = run("evaluate", "--model", tiny_model, "--task", "feature-extraction", "--dataset", "stsb", "--split",
+            "nosuch", check=False)
+    assert r.returncode == 2 and "has no 'nosuch' split" in r.stderr and len(r.stderr.strip().splitlines()) == 1

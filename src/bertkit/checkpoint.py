@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -89,68 +88,10 @@ def _download_from_hub(repo_id: str) -> Path:
 
 # ---- reading the config ----------------------------------------------------------------------------------
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is no number
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int_from(low: int):
-    return lambda v: _is_int(v) and v >= low, f"an integer >= {low}"
-
-
-_PROBABILITY = (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1")
-_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
-# config.json field -> (whether a value is usable, what is expected): the fields BertConfig and the modules read.
-# A missing field takes BertConfig's default; null is only for those whose default is None.
-_CONFIG_FIELDS = {
-    **{key: _int_from(1) for key in ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
-                                     "max_position_embeddings", "type_vocab_size", "num_labels")},
-    "num_hidden_layers": _int_from(0),
-    "hidden_dropout_prob": _PROBABILITY,
-    "attention_probs_dropout_prob": _PROBABILITY,
-    "classifier_dropout": (lambda v: v is None or _PROBABILITY[0](v), "null or a number from 0 to 1"),
-    "initializer_range": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "layer_norm_eps": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "problem_type": (lambda v: v is None or v in _PROBLEM_TYPES, f"null or one of {', '.join(_PROBLEM_TYPES)}"),
-    "architectures": (lambda v: v is None or (isinstance(v, list) and all(isinstance(a, str) for a in v)),
-                      "null or a list of class names"),
-    "id2label": (lambda v: v is None or (isinstance(v, dict) and all(
-        re.fullmatch(r"[0-9]{1,9}", k) and isinstance(name, str) for k, name in v.items())),
-        'null or an object of "id": "name"'),
-    "label2id": (lambda v: v is None or (isinstance(v, dict) and all(map(_is_int, v.values()))),
-                 'null or an object of "name": id'),
-}
-
-
-def config_problem(d: dict) -> str | None:
-    """What is wrong with the fields of a config.json object `d`, or None. Each field BertConfig and the modules
-    read must have its JSON type and a usable value; otherwise building the model fails deep inside torch (a
-    TypeError for a float size, a ZeroDivisionError for 0 heads, a ValueError for a dropout of 2)."""
-    from bertkit.config import BertConfig
-    from bertkit.modeling.bert import ACT2FN
-
-    def bad(key: str, want: str) -> str:
-        return f"field {key!r} is {json.dumps(d[key])[:40]}; expected {want}"
-
-    for key, (usable, want) in _CONFIG_FIELDS.items():
-        if key in d and not usable(d[key]):
-            return bad(key, want)
-    if "hidden_act" in d and not (isinstance(d["hidden_act"], str) and d["hidden_act"] in ACT2FN):
-        return bad("hidden_act", f"one of {', '.join(ACT2FN)}")
-    vocab_size = d.get("vocab_size", BertConfig.vocab_size)
-    pad = d.get("pad_token_id")
-    if pad is not None and not (_is_int(pad) and 0 <= pad < vocab_size):  # null: no padding row in the embedding
-        return bad("pad_token_id", f"null or a token id from 0 to vocab_size - 1 ({vocab_size - 1})")
-    return None
-
-
 def load_config(directory: Path) -> "BertConfig":
     """The config.json of a checkpoint directory as a BertConfig; a missing, unreadable or malformed file, or a
     field of the wrong type or value, is a one-line UserError naming the file (and the field)."""
-    from bertkit.config import CONFIG_NAME, BertConfig
+    from bertkit.config import CONFIG_NAME, BertConfig, config_problem
 
     path = Path(directory) / CONFIG_NAME
     try:

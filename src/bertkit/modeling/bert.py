@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertkit.config import BertConfig
+from bertkit.config import HIDDEN_ACTS, BertConfig
 from bertkit.modeling.outputs import BaseModelOutput
 from bertkit.modeling.padding import Packing, attention_mask_4d, pad, unpad
 from bertkit.modeling.pretrained import BertPreTrainedModel
@@ -24,6 +24,7 @@ ACT2FN = {
     "swish": nn.SiLU(),
     "tanh": nn.Tanh(),
 }
+assert tuple(ACT2FN) == HIDDEN_ACTS  # what config.json may name
 
 
 def get_activation(name: str) -> nn.Module:
