@@ -90,6 +90,32 @@ def run(cmd: list[str], env=ENV, timeout=600) -> subprocess.CompletedProcess:
     return r
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (torchrun starts each worker in a session of its own, so a process group kill
+    would leave the workers running)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return tree
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL `pid` and every descendant, as a power cut would: the launcher first, so it restarts nothing."""
+    tree = process_tree(pid)
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return tree
+
+
 def kill_at_random_moment(cmd: list[str], out: Path, env=ENV, seed: int = 0, timeout=300) -> float:
     """Start `cmd` in its own process group, wait for its first checkpoint, then SIGKILL the whole group after a
     random delay; returns the delay. A run that finished first is retried with a shorter delay."""
@@ -106,9 +132,9 @@ def kill_at_random_moment(cmd: list[str], out: Path, env=ENV, seed: int = 0, tim
         delay = rng.uniform(0, delay_cap)
         time.sleep(delay)
         finished = proc.poll() is not None
-        if not finished:
-            os.killpg(proc.pid, signal.SIGKILL)
+        tree = kill_tree(proc.pid) if not finished else []
         proc.wait()
+        wait_gone(tree)
         proc.stderr.close()
         if not finished and not (out / "model.safetensors").exists():
             return delay
@@ -117,6 +143,24 @@ def kill_at_random_moment(cmd: list[str], out: Path, env=ENV, seed: int = 0, tim
             subprocess.run(["rm", "-rf", str(leftover)])
         (out / "model.safetensors").unlink(missing_ok=True)
     pytest.fail("could not kill the run before it finished")
+
+
+def wait_gone(pids: list[int], timeout: float = 30) -> None:
+    """Wait until every process of a killed run is gone: none may write on after the kill."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = []
+        for p in pids:
+            try:
+                state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(p)
+        if not alive:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"processes of the killed run are still alive: {alive}")
 
 
 def eval_lines(out: Path) -> list[dict]:
