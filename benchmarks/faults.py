@@ -6,8 +6,8 @@
 Faults:
   kill        `kill -9` of `bertkit finetune` at random moments (mid-step, mid-save, mid-evaluation), then
               `--resume`, again and again until the run ends: SST-2, CoNLL-2003 and SQuAD subsets on a small BERT.
-  kill-ddp    the same for 2-process torchrun runs (dropout on): fine-tuning with length-grouped batches and
-              pretraining.
+  kill-ddp    the same for a 2-process torchrun fine-tuning run (dropout on, length-grouped batches: each rank's
+              batches have their own shapes); kill-ddp-pretrain: 2-process MLM+NSP pretraining.
   corrupt     a random byte flipped in a random file of the newest checkpoint, then `--resume`.
   truncate    a random file of the newest checkpoint cut at a random length, then `--resume`.
   enospc      the run's output on a small tmpfs that fills up (needs root to mount); the failed save must leave the
@@ -112,7 +112,7 @@ def pretrain_cmd(model: Path, out: Path, steps: int, procs: int, cache: Path, da
     return [*launcher(procs), "pretrain", "--input", str(data / "pretrain" / "en" / "state_union"), "--tokenizer",
             str(model), "--config", str(config), "--out", str(out), "--cache-dir", str(cache), "--seq-len", "64",
             "--batch-size", "8", "--max-steps", str(steps), "--save-every", "3", "--eval-every", "25",
-            "--no-progress"]
+            "--utf8-errors", "replace", "--no-progress"]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -286,8 +286,8 @@ def fault_enospc(model, root) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--faults", nargs="+", default=["kill", "kill-ddp", "corrupt", "truncate", "enospc"],
-                   choices=["kill", "kill-ddp", "corrupt", "truncate", "enospc"])
+    kinds = ["kill", "kill-ddp", "kill-ddp-pretrain", "corrupt", "truncate", "enospc"]
+    p.add_argument("--faults", nargs="+", default=kinds, choices=kinds)
     p.add_argument("--kills", type=int, default=20, help="kill points per task family (single process)")
     p.add_argument("--ddp-kills", type=int, default=10, help="kill points per 2-process run")
     p.add_argument("--trials", type=int, default=10, help="damaged checkpoints per kind")
@@ -304,6 +304,7 @@ def main():
         rows += fault_kill(model, a.out, a.kills, rng)
     if "kill-ddp" in a.faults:
         rows += fault_kill(model, a.out, a.ddp_kills, rng, procs=2, families=["NER (CoNLL-2003)"])
+    if "kill-ddp-pretrain" in a.faults:
         rows.append(fault_kill_pretrain(model, a.out, a.ddp_kills, rng, a.data_dir))
     for how in ("corrupt", "truncate"):
         if how in a.faults:
