@@ -245,3 +245,9 @@ def test_length_grouping_never_leaves_out_the_same_longest_examples():
         assert sorted(order.tolist()) == list(range(n))
         spans = [max(b) - min(b) for b in order[:full].view(-1, global_batch).tolist()]
         assert sum(spans) / len(spans) < 15  # random batches of 8 out of 0..102 would span ~80
+
+
+def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path):
+    old, new = _two_checkpoints(tmp_path)
+    (new / "manifest.json").unlink()  # as checkpoints written before manifests were
+    assert find_resume_checkpoint("auto", tmp_path) == new
