@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -89,35 +88,11 @@ def _download_from_hub(repo_id: str) -> Path:
 # ---- reading the config ----------------------------------------------------------------------------------
 
 def load_config(directory: Path) -> "BertConfig":
-    """The config.json of a checkpoint directory as a BertConfig; a missing, unreadable or malformed file, or a
-    field of the wrong type or value, is a one-line UserError naming the file (and the field)."""
-    from bertkit.config import CONFIG_NAME, BertConfig, config_problem
+    """The config.json of a checkpoint directory as a BertConfig (`BertConfig.from_json_file`: a missing,
+    unreadable or malformed file, or a field of the wrong type or value, is a one-line UserError naming it)."""
+    from bertkit.config import CONFIG_NAME, BertConfig
 
-    path = Path(directory) / CONFIG_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
-    try:
-        d = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{path}:{line}: not a valid JSON config (not UTF-8: byte 0x{data[e.start]:02x})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not a valid JSON config ({e.msg} at column {e.colno})") from None
-    except (RecursionError, ValueError) as e:  # arrays nested too deep; an integer of more than 4300 digits
-        raise UserError(f"{path}: not a valid JSON config ({_one_line(e)})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    problem = config_problem(d)
-    if problem:
-        raise UserError(f"{path}: {problem}")
-    try:
-        return BertConfig.from_dict(d)
-    except UserError as e:  # model_type, position_embedding_type, hidden_size / num_attention_heads
-        raise UserError(f"{path}: {e}") from None
+    return BertConfig.from_json_file(Path(directory) / CONFIG_NAME)
 
 
 # ---- reading weights --------------------------------------------------------------------------------------

@@ -106,21 +106,33 @@ class BertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "BertConfig":
+        """A config.json as a BertConfig; a missing, unreadable or malformed file, or a field of the wrong type or
+        value, is a one-line UserError naming the file (and the line or field)."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()
         except FileNotFoundError:
             raise UserError(f"{path}: config file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: not a valid JSON config ({e})") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
+        try:
+            d = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise UserError(f"{path}:{line}: not a valid JSON config (not UTF-8: byte 0x{data[e.start]:02x})") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: not a valid JSON config ({e.msg} at column {e.colno})") from None
+        except (RecursionError, ValueError) as e:  # arrays nested too deep; an integer of more than 4300 digits
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"{path}: not a valid JSON config ({reason})") from None
         if not isinstance(d, dict):
-            raise UserError(f"{path}: expected a JSON object")
+            raise UserError(f"{path}: expected a JSON object, got {type(d).__name__}")
         problem = config_problem(d)
         if problem:
             raise UserError(f"{path}: {problem}")
         try:
             return cls.from_dict(d)
-        except TypeError as e:
+        except (UserError, TypeError) as e:  # model_type, position_embedding_type, hidden_size / num_attention_heads
             raise UserError(f"{path}: {e}") from None
 
     @classmethod
