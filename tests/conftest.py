@@ -62,3 +62,19 @@ def pytest_runtest_setup(item):
     for mark in item.iter_markers("needs_data"):
         for relative in mark.args:
             require_data(relative)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT (dropout 0.1) with the bert-base-uncased vocabulary: fine-tuning runs in seconds."""
+    import torch
+
+    import bertkit
+
+    out = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = bertkit.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=512)
+    bertkit.BertModel(config).save_pretrained(out)
+    bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(out)
+    return out

@@ -9,35 +9,15 @@ import logging
 import pytest
 import torch
 
-from bertkit import BertConfig, BertForPreTraining, BertModel, UserError
+from bertkit import BertConfig, BertModel, UserError
 from bertkit.training import Trainer, TrainingArgs
 from bertkit.training import checkpointing
 from bertkit.training.checkpointing import find_resume_checkpoint, list_checkpoints, verify_checkpoint
 from bertkit.training.trainer import epoch_order
+from test_training import _collate, _Data, tiny_model  # the loop tests' tiny model and data
 
 CONFIG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
               max_position_embeddings=32)
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return BertForPreTraining(BertConfig(**CONFIG))
-
-
-class _Data(torch.utils.data.Dataset):
-    def __len__(self):
-        return 16
-
-    def __getitem__(self, i):
-        return i
-
-
-def _collate(items, idx, epoch):
-    ids = torch.randint(5, 50, (len(items), 8), generator=torch.Generator().manual_seed(sum(idx) + epoch))
-    labels = torch.full_like(ids, -100)
-    labels[:, 2] = ids[:, 2]
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-            "labels": labels, "next_sentence_label": torch.zeros(len(items), dtype=torch.long)}
 
 
 def objective():

@@ -7,23 +7,9 @@ from pathlib import Path
 
 import pytest
 from clihelp import run_cli as run
-import torch
 
 import bertkit
-from bertkit import BertConfig
 
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BERT with the bert-base-uncased vocabulary: fine-tuning runs in seconds."""
-    out = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=512)
-    bertkit.BertModel(config).save_pretrained(out)
-    bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(out)
-    return out
 
 
 def common(model, out, *extra):

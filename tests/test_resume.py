@@ -19,24 +19,11 @@ import torch
 from clihelp import ENV
 
 import bertkit
-from bertkit import BertConfig
 from bertkit.training.checkpointing import list_checkpoints
 
 pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-slow`, which CI runs after `make test`
 ENV1 = {**ENV, "OMP_NUM_THREADS": "1"}  # two processes on two cores
 WORDS = "the a film movie great good bad awful plot actor story scene music long short dull bright".split()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """2 layers, 32 wide, dropout 0.1 (on: resume must restore every dropout stream), bert-base-uncased vocabulary."""
-    out = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=512)
-    bertkit.BertModel(config).save_pretrained(out)
-    bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
