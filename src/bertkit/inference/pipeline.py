@@ -23,27 +23,42 @@ def load(model: str | os.PathLike, task: str | None = None, backend: str = "torc
     """(task, model) for a checkpoint directory or bundled name: the registered task built from its config and
     the model it runs, on `device`; `backend="onnx"` runs it under ONNX Runtime (exported once, see
     `inference.onnx.onnx_for`), `int8` with int8 Linear weights (either backend, CPU)."""
+    check_backend(backend, int8, device)
+    directory, config, the_task = load_task(model, task, **task_options)
+    return the_task, load_model(the_task, directory, config, backend, int8, device)
+
+
+def check_backend(backend: str, int8: bool, device) -> None:
+    if backend not in ("torch", "onnx"):
+        raise UserError(f"backend={backend!r}: expected torch or onnx")
+    if (backend != "torch" or int8) and device not in (None, "cpu"):
+        raise UserError(f"backend={backend!r}, int8={int8}: CPU only; device={device!r} needs backend='torch'")
+
+
+def load_task(model: str | os.PathLike, task: str | None = None, **task_options):
+    """(directory, config, task) of a checkpoint: everything but the weights (a tokenizer and a config read)."""
     from bertkit.checkpoint import resolve_model_dir
     from bertkit.config import BertConfig
     from bertkit.tasks import task_for_config
     from bertkit.tokenization import BertTokenizer
 
-    if backend not in ("torch", "onnx"):
-        raise UserError(f"backend={backend!r}: expected torch or onnx")
-    if (backend != "torch" or int8) and device not in (None, "cpu"):
-        raise UserError(f"backend={backend!r}, int8={int8}: CPU only; device={device!r} needs backend='torch'")
     directory = resolve_model_dir(model)
     config = BertConfig.from_pretrained(directory)
     task_class = task_for_config(config, task, where=str(model))
-    the_task = task_class.from_config(BertTokenizer.from_pretrained(directory), config, **task_options)
+    return directory, config, task_class.from_config(BertTokenizer.from_pretrained(directory), config, **task_options)
+
+
+def load_model(the_task, directory, config, backend: str = "torch", int8: bool = False, device=None):
+    """The model `the_task` runs, from `directory` (see `load`)."""
+    check_backend(backend, int8, device)
     if backend == "onnx":
         from bertkit.inference.onnx import OnnxModel, onnx_for
 
         arch = (config.architectures or ["BertModel"])[0]
         if arch != the_task.model_class_name:
             raise UserError(f"backend='onnx' runs a checkpoint as its own architecture ({arch}); "
-                            f"{task_class.name} needs {the_task.model_class_name}")
-        return the_task, OnnxModel(onnx_for(directory, int8=int8))
+                            f"{the_task.name} needs {the_task.model_class_name}")
+        return OnnxModel(onnx_for(directory, int8=int8))
     net = the_task.model_class.from_pretrained(directory, config=config)
     if int8:
         from bertkit.inference.onnx import quantize_int8
@@ -51,7 +66,7 @@ def load(model: str | os.PathLike, task: str | None = None, backend: str = "torc
         net = quantize_int8(net)
     elif device is not None:
         net.to(device)
-    return the_task, net.eval()
+    return net.eval()
 
 
 class Pipeline:

@@ -65,6 +65,11 @@ def pad_batch(rows: Sequence[dict], token_labels: bool = False, pad_id: int = 0)
     return batch
 
 
+def logits_of(model, inputs: dict) -> torch.Tensor:
+    """The default forward of `run_model`: the head's logits."""
+    return model(**inputs).logits
+
+
 @torch.inference_mode()
 def run_model(
     model,
@@ -72,26 +77,76 @@ def run_model(
     collate: Callable[[Sequence[dict]], dict],
     batch_size: int = 64,
     max_tokens: int | None = 16384,
-    outputs: Callable = lambda out: out.logits,
+    outputs: Callable | None = None,
     per_token: bool = False,
+    forward: Callable = logits_of,
 ) -> list:
     """Run `model` over `features` batched by length (little padding); returns per-feature outputs in input order.
 
-    `outputs(model_output)` picks what to keep: a (B, ...) tensor or a tuple of them. With `per_token` each is
-    (B, L, ...) and a row comes back trimmed to its own length."""
+    `forward(model, inputs)` runs one padded batch and returns what to keep: a (B, ...) tensor, a tuple of them, or
+    a list of B per-row tensors (`outputs(model_output)` is the older spelling: it picks from `model(**inputs)`).
+    With `per_token` each is (B, L, ...) and a row comes back trimmed to its own length.
+
+    A model that batches across callers (the server's, `serving.batcher`) has `run_batched`: the features go to it
+    and it forms the batches, with requests from other clients, by the same rule."""
+    if outputs is not None:
+        forward = _picking(outputs)
+    features = [features[i] for i in range(len(features))]  # QAFeatures and other row views become dicts
+    if hasattr(model, "run_batched"):
+        return model.run_batched(features, collate, forward, per_token)
     model.eval()
     results: list = [None] * len(features)
     lengths = [len(f["input_ids"]) for f in features]
-    device = model.device
-    amp_dtype = autocast_dtype("auto", device)
     for idx in length_sorted_batches(lengths, batch_size, max_tokens):
-        batch = collate([features[i] for i in idx])
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}
-        # precision "auto", as in training: bf16 (else fp16) autocast on CUDA, where SDPA takes its flash kernels
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            picked = outputs(model(**inputs))
-        picked = picked if isinstance(picked, tuple) else (picked,)
-        for row, i in enumerate(idx):
-            parts = [(p[row, : lengths[i]] if per_token else p[row]).float().cpu() for p in picked]
-            results[i] = parts[0] if len(parts) == 1 else tuple(parts)
+        for i, result in zip(idx, run_batch(model, [features[i] for i in idx], collate, forward, per_token)):
+            results[i] = result
+    return results
+
+
+class _picking:
+    """forward(model, inputs) = outputs(model(**inputs)); equal for equal `outputs` (the server groups by it)."""
+
+    def __init__(self, outputs: Callable):
+        self.outputs = outputs
+
+    def __call__(self, model, inputs):
+        return self.outputs(model(**inputs))
+
+    def __eq__(self, other):
+        return isinstance(other, _picking) and same_function(self.outputs, other.outputs)
+
+    def __hash__(self):
+        return hash(getattr(self.outputs, "__code__", self.outputs))
+
+
+def same_function(a: Callable, b: Callable) -> bool:
+    """Whether two forwards compute the same thing: the same object, or closures of one code over equal values
+    (a task's `lambda o: (o.start_logits, o.end_logits)` made anew per call)."""
+    if a is b or a == b:
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    if code_a is None or code_a is not code_b:
+        return False
+    cells = lambda f: tuple(c.cell_contents for c in (f.__closure__ or ()))  # noqa: E731
+    return cells(a) == cells(b) and getattr(a, "__self__", None) is getattr(b, "__self__", None)
+
+
+@torch.inference_mode()
+def run_batch(model, rows: Sequence[dict], collate: Callable, forward: Callable = logits_of,
+              per_token: bool = False) -> list:
+    """One forward pass over `rows` (padded together by `collate`): one result per row, as `run_model` returns."""
+    batch = collate(rows)
+    device = model.device
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}
+    amp_dtype = autocast_dtype("auto", device)
+    # precision "auto", as in training: bf16 (else fp16) autocast on CUDA, where SDPA takes its flash kernels
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        picked = forward(model, inputs)
+    if isinstance(picked, list):  # per-row results already (e.g. logits at each row's [MASK]s)
+        return [p.float().cpu() for p in picked]
+    picked = tuple(p.float().cpu() for p in (picked if isinstance(picked, tuple) else (picked,)))  # one copy each
+    results = []
+    for row, r in enumerate(rows):
+        parts = [p[row, : len(r["input_ids"])] if per_token else p[row] for p in picked]
+        results.append(parts[0] if len(parts) == 1 else tuple(parts))
     return results

@@ -5,6 +5,7 @@ cosine similarities between them. Evaluation is STS-style: the correlation of co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from bertkit.errors import UserError
 from bertkit.tasks import register
 from bertkit.tasks.base import Task
-from bertkit.tasks.common import length_sorted_batches, pad_batch
+from bertkit.tasks.common import pad_batch, run_model
 from bertkit.tasks.examples import TextExample
 
 POOLINGS = ("mean", "cls")
@@ -24,24 +25,40 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-@torch.inference_mode()
+class Pooled:
+    """forward(model, inputs) -> (B, H) sentence vectors: the mean of the real tokens' vectors, or [CLS]'s."""
+
+    def __init__(self, pooling: str = "mean"):
+        if pooling not in POOLINGS:
+            raise UserError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
+        self.pooling = pooling
+
+    def __call__(self, model, inputs: dict) -> torch.Tensor:
+        hidden = model(**inputs).last_hidden_state  # (B, L, H)
+        return mean_pool(hidden, inputs["attention_mask"]) if self.pooling == "mean" else hidden[:, 0]
+
+    def __eq__(self, other):
+        return isinstance(other, Pooled) and other.pooling == self.pooling
+
+    def __hash__(self):
+        return hash(self.pooling)
+
+
+@lru_cache
+def padding_with(pad_id: int):
+    """pad_batch with this pad id: one object per id, so the server batches requests' rows together."""
+    return partial(pad_batch, pad_id=pad_id)
+
+
 def encode_sentences(model, tokenizer, texts: Sequence[str], batch_size: int = 32, normalize: bool = True,
                      max_length: int = 256, pooling: str = "mean") -> torch.Tensor:
     """(N, H) embeddings of `texts`, in input order; batches are formed by length to avoid padding work."""
-    if pooling not in POOLINGS:
-        raise UserError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
+    forward = Pooled(pooling)
     if not texts:
         return torch.empty(0, model.config.hidden_size)
-    model.eval()
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)  # once; batches pad what they take
     rows = [{"input_ids": ids, "token_type_ids": types} for ids, types in zip(enc["input_ids"], enc["token_type_ids"])]
-    out = torch.empty(len(texts), model.config.hidden_size)
-    for idx in length_sorted_batches([len(r["input_ids"]) for r in rows], batch_size):
-        batch = {k: v.to(model.device) for k, v in pad_batch([rows[i] for i in idx], pad_id=tokenizer.pad_token_id)
-                 .items()}
-        hidden = model(**batch).last_hidden_state
-        pooled = mean_pool(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
-        out[idx] = pooled.float().cpu()
+    out = torch.stack(run_model(model, rows, padding_with(tokenizer.pad_token_id), batch_size, forward=forward))
     return F.normalize(out, dim=-1) if normalize else out
 
 

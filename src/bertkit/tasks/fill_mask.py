@@ -10,7 +10,26 @@ import torch
 from bertkit.errors import UserError
 from bertkit.tasks import register
 from bertkit.tasks.base import Task
-from bertkit.tasks.common import length_sorted_batches, pad_batch
+from bertkit.tasks.common import run_model
+
+
+class AtMasks:
+    """forward(model, inputs) -> per row, (n_masks, V) logits of a masked LM at that row's [MASK] positions."""
+
+    def __init__(self, mask_id: int):
+        self.mask_id = mask_id
+
+    def __call__(self, model, inputs: dict) -> list[torch.Tensor]:
+        hidden = model.bert(**inputs).last_hidden_state  # (B, L, H)
+        where = inputs["input_ids"] == self.mask_id  # (B, L)
+        logits = model.cls.predictions(hidden[where])  # (n_masks in batch, V)
+        return list(logits.split(where.sum(1).tolist()))
+
+    def __eq__(self, other):
+        return isinstance(other, AtMasks) and other.mask_id == self.mask_id
+
+    def __hash__(self):
+        return self.mask_id
 
 
 @register
@@ -27,21 +46,9 @@ class FillMaskTask(Task):
 
         return [line for _, line in numbered_lines(read_text(path)) if line.strip()]
 
-    @torch.inference_mode()
     def masked_logits(self, model, rows: Sequence[dict], batch_size: int = 64) -> list[torch.Tensor]:
         """Per row, (n_masks, V) logits at its [MASK] positions: the vocabulary projection runs there only."""
-        model.eval()
-        mask_id = self.tokenizer.mask_token_id
-        out: list = [None] * len(rows)
-        for idx in length_sorted_batches([len(r["input_ids"]) for r in rows], batch_size, 16384):
-            batch = {k: v.to(model.device) for k, v in pad_batch([rows[i] for i in idx]).items()}
-            hidden = model.bert(**batch).last_hidden_state  # (B, L, H)
-            where = batch["input_ids"] == mask_id  # (B, L)
-            logits = model.cls.predictions(hidden[where]).float().cpu()  # (n_masks in batch, V)
-            counts = where.sum(1).tolist()
-            for i, part in zip(idx, logits.split(counts)):
-                out[i] = part
-        return out
+        return run_model(model, rows, self.collate, batch_size, forward=AtMasks(self.tokenizer.mask_token_id))
 
     def encode(self, texts: Sequence[str]) -> list[dict]:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
