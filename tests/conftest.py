@@ -78,3 +78,20 @@ def tiny_model(tmp_path_factory) -> Path:
     bertkit.BertModel(config).save_pretrained(out)
     bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(out)
     return out
+
+
+def tiny_checkpoint(directory: Path, arch: str, labels: tuple[str, ...] | None = None) -> Path:
+    """A 2-layer, 32-wide `arch` (a bertkit model class name) with random weights (initializer_range 0.3, so its
+    outputs differ from input to input) and the bert-base-uncased vocabulary, saved in `directory`."""
+    import torch
+
+    import bertkit
+
+    torch.manual_seed(0)
+    config = bertkit.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=128, initializer_range=0.3)
+    if labels:
+        config.id2label = dict(enumerate(labels))
+    getattr(bertkit, arch)(config).save_pretrained(directory)
+    bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(directory)
+    return directory

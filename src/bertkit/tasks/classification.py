@@ -105,12 +105,18 @@ def prepare_features(examples: Sequence[TextExample], tokenizer, space: LabelSpa
     texts = [examples[i].text for i in kept]
     pairs = [examples[i].text_pair for i in kept]
     has_pairs = any(p is not None for p in pairs)
-    if has_pairs and not all(p is not None for p in pairs):
+    if has_pairs and not all(p is not None for p in pairs) and space is not None:
         raise UserError(f"{examples[kept[0]].source}: some rows have a second text and some do not")
-    enc = tokenizer(texts, pairs if has_pairs else None, truncation=True, max_length=max_length)
+    encoded: list = [None] * len(kept)  # prediction inputs are independent: texts and pairs may be mixed
+    for group in ([j for j, p in enumerate(pairs) if p is None], [j for j, p in enumerate(pairs) if p is not None]):
+        if group:
+            enc = tokenizer([texts[j] for j in group], [pairs[j] for j in group] if pairs[group[0]] is not None
+                            else None, truncation=True, max_length=max_length)
+            for k, j in enumerate(group):
+                encoded[j] = (enc["input_ids"][k], enc["token_type_ids"][k])
     features = []
     for j in range(len(kept)):
-        row = {"input_ids": enc["input_ids"][j], "token_type_ids": enc["token_type_ids"][j]}
+        row = {"input_ids": encoded[j][0], "token_type_ids": encoded[j][1]}
         if space is not None:
             row["labels"] = labels[j]
         features.append(row)

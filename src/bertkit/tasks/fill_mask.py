@@ -62,9 +62,10 @@ class FillMaskTask(Task):
             token = self.tokenizer.convert_tokens_to_ids(target)
             pieces = [token] if token != self.tokenizer.unk_token_id else \
                 self.tokenizer(target, add_special_tokens=False)["input_ids"]
-            if not pieces:
-                raise UserError(f"fill-mask: target {target!r} is no token of the vocabulary")
-            ids.append(pieces[0])
+            if pieces:  # as transformers: a target with no token at all is left out
+                ids.append(pieces[0])
+        if not ids:
+            raise UserError(f"fill-mask: targets={targets!r}: none of them is a token of the vocabulary")
         return list(dict.fromkeys(ids))
 
     def predict(self, model, texts, batch_size: int = 64, top_k: int = 5, targets=None) -> list:
