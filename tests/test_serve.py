@@ -238,6 +238,9 @@ def test_limits_are_413_or_truncated_when_asked(server):
     status, _, emb = server.post("/models/emb", {"inputs": long, "truncate": True})
     assert status == 200 and emb == pytest.approx(server.post("/models/emb", {"inputs": long[:500]})[2], abs=1e-6)
     assert is_error(server.post("/models/clf", {"inputs": "x" * 25_000}), 413, "payload_too_large", "bytes")
+    for name in ("clf", "ner", "emb"):  # more tokens than the tiny models have positions (128): truncated/windowed
+        assert server.post(f"/models/{name}", {"inputs": "word " * 99})[0] == 200, name
+    assert server.post("/v1/embeddings", {"model": "emb", "input": "word " * 99})[0] == 200
 
 
 def test_api_key_is_required_when_set(models):

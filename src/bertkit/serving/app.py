@@ -50,7 +50,7 @@ class Settings:
     max_batch_tokens: int | None = None  # padded tokens per forward; None: 16384 on CUDA, 4096 on CPU
     max_batch_size: int = 256  # rows per forward; 1 turns batching off
     max_wait_ms: float = 2.0
-    max_queue_tokens: int = 65536
+    max_queue_tokens: int | None = None  # real tokens waiting per model; None: 4 batches' worth
     max_concurrent_requests: int = 512
     max_inputs_per_request: int = 64
     max_input_chars: int = 20000
@@ -148,6 +148,23 @@ def resolve(specs: list[ModelSpec]) -> dict[str, Served]:
     return models
 
 
+def warm_up(served: Served, net) -> None:
+    """Run each task's pipeline once on a small input: lazy imports (the NER word splitter) and first-call
+    costs are paid at load, and a checkpoint that cannot run fails here, not on a user's request."""
+    from bertkit.inference.pipeline import Pipeline
+
+    samples = {"text-classification": "warm up", "token-classification": "Warm up in Paris.",
+               "question-answering": {"question": "Where?", "context": "In Paris."},
+               "fill-mask": "warm [MASK]", "feature-extraction": "warm up",
+               "sentence-similarity": {"source_sentence": "warm", "sentences": ["up"]}}
+    for name, task in served.tasks.items():
+        sample = samples.get(name)
+        if name == "fill-mask":
+            sample = f"warm {task.tokenizer.mask_token}"
+        if sample is not None:
+            Pipeline(task, net)(sample)
+
+
 def load_weights(state: State) -> None:
     """Load every model and start its batcher (in the background unless settings say otherwise)."""
     import torch
@@ -161,13 +178,15 @@ def load_weights(state: State) -> None:
                                   else "cpu")
             net = load_model(served.tasks[served.task_name], served.directory, served.config, s.backend, s.int8,
                              device)
+            warm_up(served, net)  # the first request then costs what every other does
             served.device = device
             budget = s.max_batch_tokens or (16384 if device.startswith("cuda") else 4096)
             name = served.name
-            served.batcher = Batcher(net, name, budget, s.max_batch_size, s.max_wait_ms, s.max_queue_tokens,
+            queue = s.max_queue_tokens or 4 * budget
+            served.batcher = Batcher(net, name, budget, s.max_batch_size, s.max_wait_ms, queue,
                                      on_batch=lambda stats, name=name: metrics.batch(name, stats),
                                      on_drop=lambda n, name=name: metrics.dropped.labels(name).inc(n))
-            metrics.queue_limit.labels(name).set(s.max_queue_tokens)
+            metrics.queue_limit.labels(name).set(queue)
             log.info("loaded %s (%s) from %s on %s", name, served.task_name, served.path, device)
         except Exception as e:  # noqa: BLE001  (reported by /ready and each request, the server stays up)
             served.failed = f"{served.path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
@@ -436,10 +455,13 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
                 "models": [{"name": m.name, "task": m.task_name, "tasks": list(m.tasks), "labels": m.labels,
                             "max_length": m.tasks[m.task_name].max_length, "backend": settings.backend,
                             "int8": settings.int8, "device": m.device, "path": str(m.path),
-                            "loaded": m.batcher is not None} for m in state.models.values()],
-                "limits": {"max_batch_tokens": settings.max_batch_tokens or 0,
+                            "loaded": m.batcher is not None,
+                            "max_batch_tokens": m.batcher.max_batch_tokens if m.batcher else None,
+                            "max_queue_tokens": m.batcher.max_queue_tokens if m.batcher else None}
+                           for m in state.models.values()],
+                "limits": {"max_batch_tokens": settings.max_batch_tokens or 0,  # 0: by device, see each model
                            "max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms,
-                           "max_queue_tokens": settings.max_queue_tokens,
+                           "max_queue_tokens": settings.max_queue_tokens or 0,
                            "max_concurrent_requests": settings.max_concurrent_requests,
                            "max_inputs_per_request": settings.max_inputs_per_request,
                            "max_input_chars": settings.max_input_chars, "payload_limit": settings.payload_limit}}

@@ -197,6 +197,8 @@ class ModelInfo(BaseModel):
     device: str
     path: str
     loaded: bool
+    max_batch_tokens: int | None  # padded tokens per forward (by device unless set)
+    max_queue_tokens: int | None
 
 
 class Info(BaseModel):

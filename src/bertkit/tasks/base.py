@@ -87,7 +87,14 @@ class Task:
     @classmethod
     def from_config(cls, tokenizer, config, max_length: int | None = None, **options) -> Task:
         """The task a checkpoint was fine-tuned for, with the labels and settings its config saved."""
-        return cls(tokenizer, max_length or config.extra.get("max_seq_length"))
+        return cls(tokenizer, cls.window(config, max_length))
+
+    @classmethod
+    def window(cls, config, max_length: int | None = None) -> int:
+        """Tokens per sequence: the given, else the saved, else the task's default, but never more than the
+        model has positions for (a longer input is truncated or windowed, not an error deep in the model)."""
+        return min(max_length or config.extra.get("max_seq_length") or cls.default_max_length,
+                   config.max_position_embeddings)
 
     def config_fields(self) -> dict:
         """BertConfig fields the head is built with (labels, problem type)."""

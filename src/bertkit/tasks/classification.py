@@ -186,7 +186,7 @@ class TextClassificationTask(Task):
 
     @classmethod
     def from_config(cls, tokenizer, config, max_length=None, **options):
-        return cls(tokenizer, LabelSpace.from_config(config), max_length or config.extra.get("max_seq_length"),
+        return cls(tokenizer, LabelSpace.from_config(config), cls.window(config, max_length),
                    config.extra.get("main_metric"))
 
     def config_fields(self) -> dict:

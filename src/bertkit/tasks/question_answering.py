@@ -287,9 +287,7 @@ class QuestionAnsweringTask(Task):
     def from_config(cls, tokenizer, config, max_length=None, doc_stride=None, **options):
         # a checkpoint fine-tuned elsewhere has no max_seq_length: the pipeline's 384, as transformers'
         extra = config.extra
-        max_length = max_length or extra.get("max_seq_length") or min(cls.default_max_length,
-                                                                       config.max_position_embeddings)
-        return cls(tokenizer, max_length, doc_stride or extra.get("doc_stride", 128), extra.get("language", "en"),
+        return cls(tokenizer, cls.window(config, max_length), doc_stride or extra.get("doc_stride", 128), extra.get("language", "en"),
                    extra.get("version_2", False), extra.get("null_threshold", 0.0))
 
     def config_extra(self) -> dict:

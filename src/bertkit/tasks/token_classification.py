@@ -430,7 +430,7 @@ class TokenClassificationTask(Task):
 
     @classmethod
     def from_config(cls, tokenizer, config, max_length=None, **options):
-        return cls(tokenizer, config.label_names(), max_length or config.extra.get("max_seq_length"),
+        return cls(tokenizer, config.label_names(), cls.window(config, max_length),
                    config.extra.get("word_splitter", "treebank"))
 
     def config_fields(self) -> dict:
