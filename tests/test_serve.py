@@ -374,3 +374,16 @@ def test_cli_serve_errors_are_one_line(models):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run_cli("serve", "a=/x", "a=/y", check=False, timeout=60)
     assert r.returncode == 2 and "twice" in r.stderr
+
+
+def test_batches_split_by_length_keep_padding_bounded():
+    from bertkit.tasks.common import length_sorted_batches
+
+    lengths = [60, 58, 30, 29, 28, 27, 10, 9, 8, 7, 6, 5, 5, 5, 5, 5, 5, 61]
+    batches = list(length_sorted_batches(lengths, 256, None, max_padding=0.2, min_rows=2))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        real, padded = sum(lengths[i] for i in b), len(b) * max(lengths[i] for i in b)
+        assert 1 - real / padded <= 0.2, b
+    assert len(batches) == 4  # [61, 60, 58], [30..27], [10, 9, 8], [7, 6, 5 x 6]
+    assert list(length_sorted_batches(lengths, 256)) == [sorted(range(len(lengths)), key=lambda i: -lengths[i])]

@@ -459,9 +459,7 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
                             "max_batch_tokens": m.batcher.max_batch_tokens if m.batcher else None,
                             "max_queue_tokens": m.batcher.max_queue_tokens if m.batcher else None}
                            for m in state.models.values()],
-                "limits": {"max_batch_tokens": settings.max_batch_tokens or 0,  # 0: by device, see each model
-                           "max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms,
-                           "max_queue_tokens": settings.max_queue_tokens or 0,
+                "limits": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms,
                            "max_concurrent_requests": settings.max_concurrent_requests,
                            "max_inputs_per_request": settings.max_inputs_per_request,
                            "max_input_chars": settings.max_input_chars, "payload_limit": settings.payload_limit}}

@@ -75,15 +75,18 @@ class Batcher:
     `max_batch_tokens`: padded tokens (rows x longest row) in one forward; `max_batch_size`: rows in one forward
     (1 turns batching off: one input per forward); `max_wait_ms`: how long an idle worker waits for more work
     before it runs a batch that is not full; `max_queue_tokens`: real tokens waiting, beyond which `submit`
-    refuses. `on_batch(BatchStats)` and `on_drop(rows)` report to the metrics."""
+    refuses; `max_padding`: the taken rows, sorted by length, are split into forwards that are at most this share
+    padding (requests bring every length; one padded forward over all of them computed half padding). `on_batch(BatchStats)` and `on_drop(rows)` report to the metrics."""
 
     def __init__(self, model, name: str = "model", max_batch_tokens: int = 4096, max_batch_size: int = 256,
-                 max_wait_ms: float = 2.0, max_queue_tokens: int = 65536, on_batch=None, on_drop=None):
+                 max_wait_ms: float = 2.0, max_queue_tokens: int = 65536, max_padding: float = 0.2, on_batch=None,
+                 on_drop=None):
         if max_batch_tokens < 1 or max_batch_size < 1 or max_queue_tokens < 1 or max_wait_ms < 0:
             raise ValueError("batch limits must be positive")
         self.model, self.name = model, name
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
         self.max_wait, self.max_queue_tokens = max_wait_ms / 1000, max_queue_tokens
+        self.max_padding = max_padding
         self.on_batch, self.on_drop = on_batch or (lambda stats: None), on_drop or (lambda rows: None)
         self.queue: deque[Job] = deque()
         self.queued_tokens = 0  # real tokens of the jobs waiting (not those being run)
@@ -178,7 +181,7 @@ class Batcher:
             return
         first = live[0]
         lengths = [len(job.rows[i]["input_ids"]) for job, i in rows]
-        for idx in length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+        for idx in length_sorted_batches(lengths, self.max_batch_size, self.max_batch_tokens, self.max_padding):
             idx = [k for k in idx if not rows[k][0].cancel.is_set()]  # a client that left meanwhile
             if not idx:
                 continue

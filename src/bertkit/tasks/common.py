@@ -10,20 +10,26 @@ from bertkit.settings import autocast_dtype
 
 
 def length_sorted_batches(
-    lengths: Sequence[int], batch_size: int = 32, max_tokens: int | None = None
+    lengths: Sequence[int], batch_size: int = 32, max_tokens: int | None = None,
+    max_padding: float | None = None, min_rows: int = 8,
 ) -> Iterator[list[int]]:
     """Yield lists of input indices, longest first, each at most `batch_size` items and, when `max_tokens` is set,
-    at most `max_tokens` padded tokens (items x longest length). Every index appears exactly once; callers put
-    the results back in input order."""
+    at most `max_tokens` padded tokens (items x longest length). With `max_padding`, a batch of at least `min_rows`
+    also ends before a row that would make more than that share of its positions padding (the server's batches
+    mix lengths from many requests). Every index appears exactly once; callers put the results back in order."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
+    real = 0
     for i in order:
         longest = lengths[batch[0]] if batch else lengths[i]  # sorted descending: the first is the longest
         too_many_tokens = max_tokens is not None and (len(batch) + 1) * longest > max_tokens
-        if batch and (len(batch) == batch_size or too_many_tokens):
+        too_much_padding = max_padding is not None and len(batch) >= min_rows and \
+            1 - (real + lengths[i]) / ((len(batch) + 1) * longest) > max_padding
+        if batch and (len(batch) == batch_size or too_many_tokens or too_much_padding):
             yield batch
-            batch = []
+            batch, real = [], 0
         batch.append(i)
+        real += lengths[i]
     if batch:
         yield batch
 
