@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="how long an idle worker waits to fill a batch (default 2)")
     s.add_argument("--max-queue-tokens", type=_positive_int,
-                   help="tokens waiting per model; beyond, 429 with Retry-After (default 4 x --max-batch-tokens)")
+                   help="tokens waiting per model; beyond, 429 with Retry-After (default 2 x --max-batch-tokens)")
     s.add_argument("--max-concurrent-requests", type=_positive_int, default=512,
                    help="requests in flight; beyond, 429 (default 512)")
     s.add_argument("--max-inputs-per-request", type=_positive_int, default=64, help="beyond, 413 (default 64)")

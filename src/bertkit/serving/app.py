@@ -50,7 +50,7 @@ class Settings:
     max_batch_tokens: int | None = None  # padded tokens per forward; None: 16384 on CUDA, 4096 on CPU
     max_batch_size: int = 256  # rows per forward; 1 turns batching off
     max_wait_ms: float = 2.0
-    max_queue_tokens: int | None = None  # real tokens waiting per model; None: 4 batches' worth
+    max_queue_tokens: int | None = None  # real tokens waiting per model; None: 2 batches' worth
     max_concurrent_requests: int = 512
     max_inputs_per_request: int = 64
     max_input_chars: int = 20000
@@ -182,7 +182,7 @@ def load_weights(state: State) -> None:
             served.device = device
             budget = s.max_batch_tokens or (16384 if device.startswith("cuda") else 4096)
             name = served.name
-            queue = s.max_queue_tokens or 4 * budget
+            queue = s.max_queue_tokens or 2 * budget  # accepted requests wait at most ~(queue + 2 batches) of work
             served.batcher = Batcher(net, name, budget, s.max_batch_size, s.max_wait_ms, queue,
                                      on_batch=lambda stats, name=name: metrics.batch(name, stats),
                                      on_drop=lambda n, name=name: metrics.dropped.labels(name).inc(n))
