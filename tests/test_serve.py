@@ -129,7 +129,8 @@ def test_results_equal_bertkit_predict(server, models, tmp_path):
     cases = {"clf": ([{"text": t} for t in TEXTS], {"top_k": 2}),
              "ner": ([{"text": t} for t in TEXTS], {"aggregation_strategy": "simple"}),
              "qa": ([{"question": q, "context": CONTEXT} for q in ("Who?", "Where?", "When did he move?")], {}),
-             "mlm": ([{"text": t} for t in ("Paris is the [MASK] of France.", "I [MASK] this movie.")], {"top_k": 3})}
+             "mlm": ([{"text": t} for t in ("Paris is the [MASK] of France.", "I [MASK] this movie.")], {"top_k": 3}),
+             "emb": ([{"text": t} for t in TEXTS], {})}
     for name, (rows, params) in cases.items():
         path, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.out.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -139,6 +140,18 @@ def test_results_equal_bertkit_predict(server, models, tmp_path):
         status, _, served = server.post(f"/models/{name}", {"inputs": inputs, "parameters": params})
         assert status == 200, served
         close(served, predicted, name)
+
+
+@pytest.mark.parametrize("backend, int8", [("onnx", False), ("torch", True)])
+def test_other_backends_serve_what_their_pipeline_gives(models, backend, int8):
+    require_module("onnxruntime")
+    want = bertkit.pipeline(model=str(models["clf"]), backend=backend, int8=int8)(TEXTS, top_k=2)
+    app = create_app([ModelSpec("clf", str(models["clf"]))], Settings(backend=backend, int8=int8))
+    with ServerThread(app) as s:
+        status, _, got = s.post("/models/clf", {"inputs": TEXTS, "parameters": {"top_k": 2}})
+        info = s.get("/info")[2]["models"][0]
+    assert status == 200 and (info["backend"], info["int8"], info["device"]) == (backend, int8, "cpu")
+    close(got, want)
 
 
 # ---- batching -------------------------------------------------------------------------------------------
