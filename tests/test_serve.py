@@ -356,6 +356,7 @@ def test_503_while_loading_and_while_draining(models, monkeypatch):
         assert is_error(s.post("/models/clf", {"inputs": "x"}), 503, "unavailable", "stopping")
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_and_exits_0(models):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bertkit", "serve", f"clf={models['clf']}", "--port", str(port),
@@ -375,6 +376,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(models):
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_cli_serve_errors_are_one_line(models):
     from clihelp import run_cli
 

