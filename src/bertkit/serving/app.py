@@ -105,6 +105,7 @@ ERRORS = {code: {"model": schemas.Error, "description": text} for code, text in 
     (422, "a body that does not match the schema, or inputs the task cannot take"),
     (429, "the queue is full: retry after the Retry-After header's seconds"),
     (503, "loading or draining"))}
+MODEL_ERRORS = {code: doc for code, doc in ERRORS.items() if code != 404}  # a served model's route exists
 
 
 # ---- app state -------------------------------------------------------------------------------------------
@@ -153,16 +154,13 @@ def warm_up(served: Served, net) -> None:
     costs are paid at load, and a checkpoint that cannot run fails here, not on a user's request."""
     from bertkit.inference.pipeline import Pipeline
 
-    samples = {"text-classification": "warm up", "token-classification": "Warm up in Paris.",
-               "question-answering": {"question": "Where?", "context": "In Paris."},
-               "fill-mask": "warm [MASK]", "feature-extraction": "warm up",
-               "sentence-similarity": {"source_sentence": "warm", "sentences": ["up"]}}
     for name, task in served.tasks.items():
-        sample = samples.get(name)
-        if name == "fill-mask":
-            sample = f"warm {task.tokenizer.mask_token}"
-        if sample is not None:
-            Pipeline(task, net)(sample)
+        samples = {"text-classification": "warm up", "token-classification": "Warm up in Paris.",
+                   "question-answering": {"question": "Where?", "context": "In Paris."},
+                   "fill-mask": f"warm {task.tokenizer.mask_token}", "feature-extraction": "warm up",
+                   "sentence-similarity": {"source_sentence": "warm", "sentences": ["up"]}}
+        if name in samples:
+            Pipeline(task, net)(samples[name])
 
 
 def load_weights(state: State) -> None:
@@ -227,14 +225,8 @@ def validation_message(errors: list[dict]) -> tuple[str, str, str]:
 
 
 def check_inputs(inputs, settings: Settings, truncate: bool, where: str = "inputs"):
-    """Inputs within the request limits (count and characters of each text), or a 413 naming the first that is
-    not; with `truncate`, texts over the character limit are cut instead."""
-    count = len(inputs) if isinstance(inputs, list) else 1
-    if isinstance(inputs, dict) and isinstance(inputs.get("sentences"), list):
-        count = 1 + len(inputs["sentences"])
-    if count > settings.max_inputs_per_request:
-        raise ApiError(413, f"{where}: {count} inputs; this server takes at most {settings.max_inputs_per_request}"
-                            " a request", "payload_too_large")
+    """Inputs whose texts are within the character limit, or a 413 naming the first that is not; with `truncate`,
+    such texts are cut instead. (The input count is bounded by the request schemas: see `request_types`.)"""
     limit = settings.max_input_chars
 
     def walk(value, path):
@@ -312,7 +304,6 @@ async def run_pipeline(state: State, served: Served, task_name: str, inputs, par
         watcher.cancel()
         state.in_flight -= 1
         state.metrics.in_flight.set(state.in_flight)
-        state.metrics.queue_tokens.labels(served.name).set(served.batcher.queued_tokens)
     m = state.metrics
     tokenizing = (model.submitted or time.perf_counter()) - model.created
     m.tokenization.labels(served.name).observe(tokenizing)
@@ -447,8 +438,6 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
         """Models, their tasks and labels, the limits, and versions."""
         import torch
 
-        from bertkit import __version__
-
         return {"bertkit": __version__, "ready": state.ready,
                 "versions": {"bertkit": __version__, "torch": torch.__version__,
                              "python": sys.version.split()[0]},
@@ -500,13 +489,13 @@ def create_app(specs: list[ModelSpec], settings: Settings | None = None) -> Fast
     for served in state.models.values():
         tasks = ", ".join(served.tasks)
         app.post(f"/models/{served.name}", tags=["models"], dependencies=protected,
-                 responses={k: v for k, v in ERRORS.items() if k != 404},
+                 responses=MODEL_ERRORS,
                  summary=f"{served.name}: {tasks}",
                  description=f"The Hugging Face Inference API's {tasks} payload for `{served.name}`.")(
             model_route(served, None))
         for task_name in served.tasks:
             app.post(f"/models/{served.name}/pipeline/{task_name}", tags=["models"], dependencies=protected,
-                     responses={k: v for k, v in ERRORS.items() if k != 404},
+                     responses=MODEL_ERRORS,
                      summary=f"{served.name} as {task_name}")(model_route(served, task_name))
 
     @app.post("/models/{name}", tags=["models"], dependencies=protected, include_in_schema=False)

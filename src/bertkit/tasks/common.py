@@ -83,20 +83,16 @@ def run_model(
     collate: Callable[[Sequence[dict]], dict],
     batch_size: int = 64,
     max_tokens: int | None = 16384,
-    outputs: Callable | None = None,
     per_token: bool = False,
     forward: Callable = logits_of,
 ) -> list:
     """Run `model` over `features` batched by length (little padding); returns per-feature outputs in input order.
 
     `forward(model, inputs)` runs one padded batch and returns what to keep: a (B, ...) tensor, a tuple of them, or
-    a list of B per-row tensors (`outputs(model_output)` is the older spelling: it picks from `model(**inputs)`).
-    With `per_token` each is (B, L, ...) and a row comes back trimmed to its own length.
+    a list of B per-row tensors; the server batches rows of requests whose forwards are equal. With `per_token` each is (B, L, ...) and a row comes back trimmed to its own length.
 
     A model that batches across callers (the server's, `serving.batcher`) has `run_batched`: the features go to it
     and it forms the batches, with requests from other clients, by the same rule."""
-    if outputs is not None:
-        forward = _picking(outputs)
     features = [features[i] for i in range(len(features))]  # QAFeatures and other row views become dicts
     if hasattr(model, "run_batched"):
         return model.run_batched(features, collate, forward, per_token)
@@ -107,34 +103,6 @@ def run_model(
         for i, result in zip(idx, run_batch(model, [features[i] for i in idx], collate, forward, per_token)):
             results[i] = result
     return results
-
-
-class _picking:
-    """forward(model, inputs) = outputs(model(**inputs)); equal for equal `outputs` (the server groups by it)."""
-
-    def __init__(self, outputs: Callable):
-        self.outputs = outputs
-
-    def __call__(self, model, inputs):
-        return self.outputs(model(**inputs))
-
-    def __eq__(self, other):
-        return isinstance(other, _picking) and same_function(self.outputs, other.outputs)
-
-    def __hash__(self):
-        return hash(getattr(self.outputs, "__code__", self.outputs))
-
-
-def same_function(a: Callable, b: Callable) -> bool:
-    """Whether two forwards compute the same thing: the same object, or closures of one code over equal values
-    (a task's `lambda o: (o.start_logits, o.end_logits)` made anew per call)."""
-    if a is b or a == b:
-        return True
-    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
-    if code_a is None or code_a is not code_b:
-        return False
-    cells = lambda f: tuple(c.cell_contents for c in (f.__closure__ or ()))  # noqa: E731
-    return cells(a) == cells(b) and getattr(a, "__self__", None) is getattr(b, "__self__", None)
 
 
 @torch.inference_mode()

@@ -257,6 +257,12 @@ def pipeline_answers(examples: Sequence[QAExample], features: QAFeatures, start_
     return results
 
 
+def span_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward `run_model` runs for question answering: (B, L) start and (B, L) end logits."""
+    out = model(**inputs)
+    return out.start_logits, out.end_logits
+
+
 # ---- the task ------------------------------------------------------------------------------------------------
 
 
@@ -316,8 +322,7 @@ class QuestionAnsweringTask(Task):
                         "span_accuracy")
 
     def logits(self, model, features: QAFeatures, batch_size: int = 64) -> tuple[list, list]:
-        out = run_model(model, features, self.collate, batch_size,
-                        outputs=lambda o: (o.start_logits, o.end_logits), per_token=True)
+        out = run_model(model, features, self.collate, batch_size, forward=span_logits, per_token=True)
         return [s for s, _ in out], [e for _, e in out]
 
     def answers(self, model, examples, features=None, batch_size: int = 64) -> dict[str, Prediction]:
