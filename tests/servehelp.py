@@ -8,9 +8,24 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+
+# Tiny checkpoints of every task the server serves: name -> (bertkit class, labels)
+TINY_MODELS = {"clf": ("BertForSequenceClassification", ("negative", "positive")),
+               "ner": ("BertForTokenClassification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")),
+               "qa": ("BertForQuestionAnswering", None), "mlm": ("BertForMaskedLM", None), "emb": ("BertModel", None)}
+
+
+def tiny_models(root: Path) -> dict[str, Path]:
+    """Every TINY_MODELS checkpoint, saved under `root/NAME`."""
+    from conftest import tiny_checkpoint
+
+    return {name: tiny_checkpoint(root / name, arch, labels) for name, (arch, labels) in TINY_MODELS.items()}
 
 
 def free_port() -> int:
+    """A free 127.0.0.1 port: bound, then closed (nothing listens on it until a server does)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

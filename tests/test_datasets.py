@@ -12,7 +12,6 @@ import http.server
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA, require_data, require_module
 from clihelp import run_cli
+from servehelp import free_port
 
 from bertkit.errors import UserError
 from bertkit.tasks import datasets
@@ -127,13 +127,6 @@ def serve_sst2(monkeypatch, server: Server, body: bytes, pins: dict | None = Non
     source = Download(url, unzip({"train.tsv": "SST-2/train.tsv", "dev.tsv": "SST-2/dev.tsv"}), pins)
     monkeypatch.setitem(DATASETS, "sst2", replace(DATASETS["sst2"], downloads=(source,)))
     return url
-
-
-def free_port() -> int:
-    """A port nothing listens on: bound, then closed, so a connection to it is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------

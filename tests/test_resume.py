@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from clihelp import ENV
+from servehelp import free_port
 
 import bertkit
 from bertkit.training.checkpointing import list_checkpoints
@@ -51,12 +51,6 @@ def data(tmp_path_factory) -> dict[str, Path]:
                                                                       "answer_start": context.index(answer)}]}]})
     qa.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
     return {"text-classification": clf, "token-classification": ner, "question-answering": qa}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, *extra: str) -> list[str]:

