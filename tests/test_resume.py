@@ -28,8 +28,11 @@ WORDS = "the a film movie great good bad awful plot actor story scene music long
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
+    return task_files(tmp_path_factory.mktemp("data"))
+
+
+def task_files(root: Path) -> dict[str, Path]:
     """Small files of each task family, with lengths that vary a lot (length-grouped batches differ in shape)."""
-    root = tmp_path_factory.mktemp("data")
     rng = random.Random(0)
     clf = root / "clf.tsv"
     clf.write_text("text\tlabel\n" + "".join(
@@ -300,3 +303,27 @@ def test_a_rank_that_dies_takes_the_others_down(tiny_model, data, tmp_path):
     assert launcher.returncode != 0 and time.time() - t0 < 60
     assert "Signal 9 (SIGKILL)" in err and "rank" in err, err[-3000:]
     assert not workers_of(launcher)
+
+
+def test_distill_killed_at_a_random_moment_resumes_byte_identical(tiny_model, data, tmp_path):
+    """`bertkit distill` resumes as fine-tuning does: the student, its hidden-state projections (a 128-wide preset
+    student of a 32-wide teacher), the optimizer and the RNGs come back; the teacher cache is reused."""
+    from conftest import tiny_checkpoint
+
+    teacher = tiny_checkpoint(tmp_path / "teacher", "BertForSequenceClassification", ("neg", "pos"))
+    path = data["text-classification"]
+
+    def cmd(out):
+        return [sys.executable, "-m", "bertkit", "distill", "--teacher", str(teacher), "--student", "tiny",
+                "--train", str(path), "--dev", str(path), "--out", str(out), "--batch-size", "4", "--lr", "1e-3",
+                "--max-steps", "24", "--save-every", "2", "--eval-every", "7", "--seed", "3", "--no-progress",
+                "--hidden-weight", "1", "--attention-weight", "1", "--speed-repeats", "0",
+                "--cache-dir", str(tmp_path / "cache")]
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run(cmd(whole))
+    kill_at_random_moment(cmd(broken), broken, seed=5)
+    r = run([*cmd(broken), "--resume"])
+    assert "resumed from" in r.stderr, r.stderr[-2000:]
+    assert_identical(whole, broken)
+    assert (whole / "distillation.safetensors").read_bytes() == (broken / "distillation.safetensors").read_bytes()

@@ -31,7 +31,7 @@ def __getattr__(name: str):
         from bertkit.commands import finetune
 
         return getattr(finetune, name)
-    if name in ("pretrain", "predict"):
+    if name in ("pretrain", "predict", "distill"):
         import importlib
 
         return getattr(importlib.import_module(f"bertkit.commands.{name}"), name)
@@ -47,6 +47,7 @@ __all__ = [
     "evaluate",
     "pretrain",
     "predict",
+    "distill",
     "BertModel",
     "BertPreTrainedModel",
     "BertForPreTraining",

@@ -41,6 +41,20 @@ SERVE_EXAMPLES = """examples:
   curl -s localhost:8000/v1/embeddings -d '{"model": "all-MiniLM-L6-v2", "input": ["a", "b"]}'
 the page is at http://127.0.0.1:8000/ , the API at /docs; SIGTERM drains and exits 0.
 """
+DISTILL_EXAMPLES = """examples:
+  bertkit distill --teacher runs/sst2 --student layers=3 --dataset sst2 --out runs/sst2-l3 --max-steps 600
+  bertkit distill --teacher runs/sst2 --student layers=3 --dataset sst2 --out runs/sst2-l3 --max-steps 600 --resume
+  bertkit distill --teacher runs/conll --student layers=3 --dataset conll2003 --out runs/conll-l3 --max-steps 300 \\
+      --hidden-weight 1 --attention-weight 1
+  bertkit pretrain --input ../shared/data/pretrain/en --tokenizer all-MiniLM-L6-v2 --config mini --out runs/mini-wp \\
+      --max-steps 900 --utf8-errors replace                     # a student with the teacher's vocabulary
+  bertkit distill --teacher runs/sst2 --student runs/mini-wp --dataset sst2 --out runs/sst2-mini --max-steps 800
+  bertkit distill --teacher runs/reviews --student mini --train examples/reviews.tsv --text-column review \\
+      --label-column stars --unlabelled examples/reviews.txt --augment 4 --augment-mlm runs/mini-wp \\
+      --out runs/reviews-mini --epochs 5
+the student shares the teacher's tokenizer; at the end, teacher and student dev metric, parameters and examples/s
+are printed and written to OUT/distillation.json.
+"""
 PRETRAIN_EXAMPLES = """examples:
   bertkit pretrain --input ../shared/data/pretrain/en --tokenizer runs/tok-en --config mini --out runs/mini-en \\
       --max-steps 2000 --utf8-errors replace
@@ -171,6 +185,14 @@ def cmd_finetune(args) -> None:
                               "out_dir"))
 
 
+def cmd_distill(args) -> None:
+    from bertkit.commands.distill import distill
+
+    result = distill(**_given(args))
+    _print_on_rank_0(result, ("step", "stop_reason", "teacher", "student", "kept", "speedup", "main_metric",
+                              "elapsed", "out_dir"))
+
+
 def cmd_evaluate(args) -> None:
     from bertkit.commands.finetune import evaluate
 
@@ -272,6 +294,15 @@ def _add_data_flags(s, file_flags: tuple[str, ...]) -> None:
     s.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows with a counted warning")
 
 
+def _add_labelled_data_flags(s) -> None:
+    """finetune's and distill's: the data, and how much of it a run takes."""
+    _add_data_flags(s, ("--train", "--dev"))
+    s.add_argument("--epochs", type=float, help="passes over the training data (default 3 unless --max-steps)")
+    s.add_argument("--max-steps", type=_positive_int)
+    s.add_argument("--max-train-examples", type=_positive_int)
+    s.add_argument("--max-eval-examples", type=_positive_int)
+
+
 def _add_backend_flags(s) -> None:
     s.add_argument("--backend", choices=("torch", "onnx"),
                    help="torch (default) or onnx: ONNX Runtime on the model's exported graph (exported once)")
@@ -325,11 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", choices=task_names(trainable_only=True), help="implied by --dataset")
     s.add_argument("--model", help=f"pretrained directory or name (default {DEFAULT_MODEL})")
     s.add_argument("--out", required=True, metavar="DIR")
-    _add_data_flags(s, ("--train", "--dev"))
-    s.add_argument("--epochs", type=float, help="passes over the training data (default 3 unless --max-steps)")
-    s.add_argument("--max-steps", type=_positive_int)
-    s.add_argument("--max-train-examples", type=_positive_int)
-    s.add_argument("--max-eval-examples", type=_positive_int)
+    _add_labelled_data_flags(s)
     s.add_argument("--doc-stride", type=_positive_int, help="question answering: window overlap (default 128)")
     s.add_argument("--word-splitter", choices=("treebank", "bert"), help="token classification: how predict will "
                    "split raw text into words, as your data's tokens are (default treebank, as CoNLL and WNUT)")
@@ -338,6 +365,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "them (default: keep the final model; dev is only reported, never used to choose)")
     _add_training_flags(s, lr=5e-5, save_every=0, eval_every=0, seq_len="128; 384 for question answering")
     s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("distill", help="distil a fine-tuned model into a smaller student on the same data",
+                       argument_default=quiet, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=DISTILL_EXAMPLES)
+    s.add_argument("--teacher", required=True, metavar="DIR", help="a fine-tuned checkpoint (its task is the student's)")
+    s.add_argument("--student", metavar="SPEC", help="layers=K (K of the teacher's layers, spread as DistilBERT), a "
+                   "preset (tiny mini small medium ...), or a checkpoint directory with the teacher's vocabulary "
+                   "(default layers=3)")
+    s.add_argument("--out", required=True, metavar="DIR")
+    _add_labelled_data_flags(s)
+    s.add_argument("--alpha", type=float, help="weight of the soft targets; 1 - alpha on the labels (default 0.5)")
+    s.add_argument("--temperature", type=float, help="softmax temperature of the soft targets (default 2)")
+    s.add_argument("--hidden-weight", type=float, help="weight of the hidden-state MSE on mapped layers (default 0)")
+    s.add_argument("--attention-weight", type=float,
+                   help="weight of the MiniLM self-attention relation loss, last layers (default 0)")
+    s.add_argument("--relation-heads", type=_positive_int,
+                   help="relation heads of that loss (default: gcd of the two models' head counts)")
+    s.add_argument("--unlabelled", metavar="FILE", help="more inputs, one a line (pairs: TAB between), labelled by "
+                   "the teacher")
+    s.add_argument("--augment", type=int, metavar="N", help="N TinyBERT word-replacement copies of each training "
+                   "example, labelled by the teacher (default 0)")
+    s.add_argument("--augment-mlm", metavar="DIR", help="the BERT with an MLM head that proposes the words")
+    s.add_argument("--augment-p", type=float, help="chance that a word is replaced (default 0.4)")
+    s.add_argument("--augment-top-k", type=_positive_int, help="candidates per word (default 15)")
+    s.add_argument("--cache-dir", help="teacher outputs cache (default $BERTKIT_CACHE_DIR or ~/.cache/bertkit)")
+    s.add_argument("--speed-repeats", type=int, metavar="R", help="timed dev passes per model in the report "
+                   "(default 3; 0: no timing)")
+    _add_training_flags(s, lr=1e-4, save_every=0, eval_every=0)
+    s.set_defaults(func=cmd_distill)
 
     s = sub.add_parser("evaluate", help="metrics of a model on labelled data (JSON on the last line)",
                        argument_default=quiet, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -198,7 +198,10 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int =
     trainer state."""
     from bertkit.checkpoint import load_into_model
 
-    load_into_model(model, path)
+    if hasattr(model, "load_checkpoint_weights"):  # a model that saves more than a checkpoint directory (distillation)
+        model.load_checkpoint_weights(path)
+    else:
+        load_into_model(model, path)
     try:
         extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         rngs = torch.load(path / "rng.pt", map_location="cpu", weights_only=True) if (path / "rng.pt").exists() \
