@@ -243,6 +243,7 @@ def teacher_and_data(tmp_path_factory):
     return root, teacher
 
 
+@pytest.mark.slow  # ~20 s of subprocess: `make test-slow` (CI runs it)
 def test_distill_end_to_end_student_loads_in_transformers_with_identical_logits(teacher_and_data, tmp_path):
     transformers = require_module("transformers")
     root, teacher = teacher_and_data
@@ -270,6 +271,7 @@ def test_distill_end_to_end_student_loads_in_transformers_with_identical_logits(
         assert torch.allclose(ours(**batch).logits, theirs(**batch).logits, atol=1e-5)
 
 
+@pytest.mark.slow  # ~20 s: `make test-slow`
 @pytest.mark.parametrize("task", ["token-classification", "question-answering"])
 def test_distill_token_classification_and_qa(tmp_path, task):
     """Each family's soft loss runs through the command: per token for NER, start/end distributions for QA."""
@@ -289,7 +291,9 @@ def test_distill_token_classification_and_qa(tmp_path, task):
     assert lines[0]["soft_loss"] > 0
 
 
-def test_distill_mistakes_are_one_line_errors(teacher_and_data, tmp_path):
+def test_distill_mistakes_are_one_line_errors(teacher_and_data, tmp_path, capsys):
+    from bertkit.cli import main
+
     root, teacher = teacher_and_data
     common = ["--train", root / "train.tsv", "--out", tmp_path / "o", "--max-steps", 1, "--no-progress",
               "--student", "layers=1", "--cache-dir", tmp_path / "cache"]
@@ -300,6 +304,7 @@ def test_distill_mistakes_are_one_line_errors(teacher_and_data, tmp_path):
         (["--alpha", "1.5"], "--alpha 1.5"),
         (["--unlabelled", tmp_path / "missing.txt"], "--unlabelled"),
     ):
-        r = run_cli("distill", "--teacher", teacher, *common, *extra, check=False)
-        assert r.returncode == 2, r.stderr[-2000:]
-        assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        code = main(["distill", "--teacher", str(teacher), *map(str, common), *map(str, extra)])  # in process: fast
+        err = capsys.readouterr().err
+        assert code == 2, err[-2000:]
+        assert message in err and len(err.strip().splitlines()) == 1, err
