@@ -234,8 +234,10 @@ class TeacherCache:
     @staticmethod
     def key(teacher_dir: Path, features: Sequence[dict], hidden_layers: Sequence[int],
             attention_layer: int | None) -> str:
+        from bertkit.checkpoint import weights_file
+
         h = hashlib.sha256()
-        weights = Path(teacher_dir) / "model.safetensors"
+        weights = weights_file(Path(teacher_dir))
         with open(weights, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
