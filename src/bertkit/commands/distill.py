@@ -179,9 +179,8 @@ def throughput(models: dict, the_task, examples, features, batch_size: int, repe
     """Dev examples per second of each model over the same inputs, batching and threads: the task's evaluation
     pass timed `repeats` times, the models taking turns; the median."""
     timings: dict[str, list[float]] = {name: [] for name in models}
-    for name, model in models.items():  # warm-up: a few batches each
-        the_task.evaluate(model, examples[: batch_size], features[: batch_size] if features is not None else None,
-                          batch_size)
+    for name, model in models.items():  # warm-up: one batch each (its features made afresh: windows are not examples)
+        the_task.evaluate(model, examples[:batch_size], None, batch_size)
     for _ in range(repeats):
         for name, model in models.items():
             t0 = time.perf_counter()
