@@ -22,6 +22,7 @@ import torch
 from bertkit import settings
 from bertkit.config import PRESETS, BertConfig
 from bertkit.errors import UserError
+from bertkit.modeling.heads import IGNORE_INDEX
 from bertkit.tasks import DataArgs
 from bertkit.training import Trainer, TrainingArgs
 from bertkit.training.distillation import (DistillationObjective, Student, TeacherCache, collate_with_teacher,
@@ -163,7 +164,8 @@ def label_from_teacher(feature: dict, logits: torch.Tensor, problem_type: str | 
     its score (regression), or per word its tag at the word's first piece (token classification)."""
     if isinstance(feature["labels"], list) and logits.dim() == 2:  # token classification: (L, C)
         best = logits.argmax(-1).tolist()
-        feature["labels"] = [best[t] if label != -100 else -100 for t, label in enumerate(feature["labels"])]
+        feature["labels"] = [best[t] if label != IGNORE_INDEX else IGNORE_INDEX
+                             for t, label in enumerate(feature["labels"])]
     elif problem_type == "regression":
         feature["labels"] = float(logits[0])
     elif problem_type == "multi_label_classification":
@@ -265,12 +267,11 @@ def distill(out: str | Path, teacher: str, student: str = "layers=3", *, dataset
             logger.info("%s: %d labelled and %d teacher-labelled training features; student: %s", the_task.name,
                         labelled, len(features) - labelled, made)
             t0 = time.perf_counter()
-            cache = TeacherCache.build(cache_root, key, teacher_net, features, the_task.collate,
-                                       [t for _, t in pairs], attention[0], batch_size=2 * args.batch_size,
-                                       progress=args.progress)
+            TeacherCache.build(cache_root, key, teacher_net, features, the_task.collate, [t for _, t in pairs],
+                               attention[0], batch_size=2 * args.batch_size, progress=args.progress)
             logger.info("teacher outputs: %.1f s", time.perf_counter() - t0)
         barrier()
-        cache = TeacherCache(cache_root / key)
+        cache = TeacherCache(cache_root / key)  # every rank opens what rank 0 built (or found)
         problem = getattr(getattr(the_task, "space", None), "problem_type", None)
         for i in range(labelled, len(features)):
             label_from_teacher(features[i], cache.row("logits", i), problem)

@@ -328,6 +328,7 @@ class DistillationObjective:
         self.check(alpha, temperature)
         self.hard, self.alpha, self.temperature = hard, alpha, temperature
         self.hidden_weight, self.attention_weight, self.relation_heads = hidden_weight, attention_weight, relation_heads
+        self.weights = {"hard": 1 - alpha, "soft": alpha, "hidden": hidden_weight, "attention": attention_weight}
 
     @staticmethod
     def check(alpha: float, temperature: float) -> None:
@@ -377,18 +378,14 @@ class DistillationObjective:
             raw["hidden"] = sum(hidden_mse(h, batch[f"teacher_hidden{j}"], mask) for j, h in enumerate(hidden))
         if self.attention_weight and qkv:
             raw["attention"] = sum(relation_kl(qkv[n], batch[f"teacher_{n}"], mask, self.relation_heads) for n in QKV)
-        weights = {"hard": 1 - self.alpha, "soft": self.alpha, "hidden": self.hidden_weight,
-                   "attention": self.attention_weight}
         stats = {f"{k}_loss": v.item() for k, v in raw.items()}  # unweighted sums, for the report
         if self.hard.correct:
             stats[self.hard.correct_name] = float(self.hard.correct(out, batch))
-        return {k: weights[k] * v for k, v in raw.items()}, stats
+        return {k: self.weights[k] * v for k, v in raw.items()}, stats
 
     def report(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]:
-        weights = {"hard": 1 - self.alpha, "soft": self.alpha, "hidden": self.hidden_weight,
-                   "attention": self.attention_weight}
-        r = {"loss": sum(sums[k] / max(counts[k], 1.0) for k in weights if k in counts and k in sums)}
-        for k in weights:
+        r = {"loss": sum(sums[k] / max(counts[k], 1.0) for k in self.weights if k in counts and k in sums)}
+        for k in self.weights:
             if k in counts and f"{k}_loss" in sums:
                 r[f"{k}_loss"] = sums[f"{k}_loss"] / max(counts[k], 1.0)
         if self.hard.correct:
